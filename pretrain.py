@@ -1,0 +1,155 @@
+"""Pretrain a small GPT-style Chinese language model from scratch.
+
+    python pretrain.py [configs/<preset>.yaml] [--option value ...]
+
+Load the documents, split them, train (or load) a tokenizer, cut the text into token blocks, build a model,
+train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a sample continuation.
+"""
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from zhpretrain.errors import UserError, report
+
+
+def once(folder: Path, build, builder: bool) -> None:
+    """Build a cache folder on one process per node; the others wait for it to appear.
+
+    Caches are renamed into place only when complete, so the folder's existence is the signal. Waiting on the file
+    system instead of a collective barrier means no rank can hit the process-group timeout while a 2 GB corpus is
+    tokenized."""
+    if folder.exists():
+        return
+    if builder:
+        build()
+        return
+    print(f"waiting for the main process to write {folder} ...", flush=True)
+    while not folder.exists():
+        time.sleep(2)
+
+
+def prepare_data(data_args, model_args, builder: bool):
+    """Documents -> train | test -> tokenizer -> token blocks (all cached): return (tokenizer, datasets, meta)."""
+    from zhpretrain import blocks, data, tokenizer
+
+    cache = data_args.cache_root()
+    source = {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name} if data_args.dataset_name \
+        else {"files": data.fingerprint(data.find_files(data_args.train_file))}
+    if data_args.validation_file:
+        source["validation"] = data.fingerprint(data.find_files(data_args.validation_file, "validation_file"))
+    source.update(text_column=data_args.text_column, skip_bad_records=data_args.skip_bad_records, split_seed=data_args.split_seed,
+                  validation_split_percentage=data_args.validation_split_percentage,
+                  validation_split_documents=data_args.validation_split_documents)
+
+    if model_args.tokenizer_name_or_path:
+        tok, how = tokenizer.load(model_args.tokenizer_name_or_path, model_args.trust_remote_code), f"loaded {model_args.tokenizer_name_or_path}"
+    else:
+        folder = tokenizer.cache_folder(cache, source, model_args)
+        train_texts = lambda: (t for _, t in data.documents(data_args, data.ReadStats(), "train"))  # noqa: E731
+        once(folder, lambda: tokenizer.train_and_save(train_texts(), model_args, folder), builder)
+        tok, how = tokenizer.load(str(folder)), f"byte-level BPE from {folder}"
+    print(f"tokenizer: {len(tok):,} tokens ({how})", flush=True)
+
+    folder = blocks.cache_folder(cache, {**source, "tokenizer": blocks.tokenizer_digest(tok), "block_size": data_args.block_size})
+    stats = data.ReadStats()
+    once(folder, lambda: blocks.build(data.documents(data_args, stats), tok, data_args.block_size, folder, stats.bytes), builder)
+    meta = blocks.load(folder)
+    if stats.records:
+        print(f"read {stats.records:,} records: {stats.empty:,} empty texts dropped, {stats.skipped:,} bad records skipped", flush=True)
+    datasets = blocks.datasets(folder, meta)
+    if len(datasets["test"]) == 0:
+        test = meta["stats"]["test"]
+        raise UserError(f"The evaluation split has {test['tokens']:,} tokens in {test['documents']:,} documents, fewer than "
+                        f"one block of {data_args.block_size}. Raise --validation_split_percentage, give a --validation_file, "
+                        "or lower --block_size.")
+    if len(datasets["train"]) == 0:
+        raise UserError(f"The training split has {meta['stats']['train']['tokens']:,} tokens, fewer than one block of "
+                        f"{data_args.block_size}. Give more data or lower --block_size.")
+    return tok, datasets, meta
+
+
+def main(argv=None) -> int:
+    from zhpretrain import config
+
+    preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
+    print(f"preset: {preset}", flush=True)
+    import torch
+    from accelerate import PartialState
+
+    from zhpretrain import model as modeling
+    from zhpretrain import tracking, train
+
+    output_dir = Path(training_args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ".write-test").touch()
+        (output_dir / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"output_dir '{output_dir}' cannot be written ({e.strerror}). Choose another --output_dir.") from None
+    training_args.ddp_find_unused_parameters = False
+    training_args.dataloader_pin_memory &= torch.cuda.is_available()
+    training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
+    state = PartialState()
+
+    tok, datasets, meta = prepare_data(data_args, model_args, builder=state.is_local_main_process)
+    stats = {s: {k: v for k, v in meta["stats"][s].items()} for s in ("train", "test")}
+    line = "; ".join(f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
+                     f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)" for s, v in stats.items())
+    print(f"data: {line}", flush=True)
+
+    config = modeling.build_config(model_args, tok, data_args.block_size)
+    model = modeling.build_model(config, training_args.seed)
+    params = modeling.count_parameters(model)
+    print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters "
+          f"({params['embedding_parameters'] / 1e6:.2f}M embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
+
+    world = state.num_processes
+    sequences = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    tokens_per_step = sequences * data_args.block_size
+    print(f"global batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
+          f"accumulation x {world} processes = {sequences} sequences = {tokens_per_step:,} tokens per step", flush=True)
+
+    if state.is_main_process:
+        (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    run = tracking.start(run_args, training_args, main_process=state.is_main_process,
+                         config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
+                                 "training": training_args.to_dict(), "model_config": config.to_dict(), "data_stats": stats,
+                                 **params, "world_size": world, "tokens_per_step": tokens_per_step})
+    callbacks = [train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
+                                      enabled=not (training_args.fsdp or training_args.deepspeed))]
+    if run.callback is not None:
+        callbacks.append(run.callback)
+    bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
+    trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
+
+    checkpoint = train.last_checkpoint(training_args.output_dir)
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    step = trainer.state.global_step
+    metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
+        or trainer.evaluate()
+
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    if state.is_main_process:
+        print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
+              f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
+        from transformers import pipeline
+
+        generator = pipeline("text-generation", model=str(final), device=trainer.model.device)
+        sample = train.generate(generator.model, generator.tokenizer, run_args.prompt, run_args.max_new_tokens)
+        run.log_samples(step, [sample], label="sample")
+    run.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(report(e))

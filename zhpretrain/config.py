@@ -1,0 +1,136 @@
+"""The argument dataclasses, YAML presets and command-line overrides."""
+import dataclasses
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+WIKI_FILE = "data/wikipedia-zh-cn-20240820.json"
+WIKI_PRESET = REPO / "configs" / "tutorial.yaml"
+DEMO_PRESET = REPO / "configs" / "demo.yaml"
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=WIKI_FILE, metadata={"help": "Path, directory or glob of .jsonl/.json/.parquet/.txt files."})
+    validation_file: str | None = field(default=None, metadata={"help": "Held-out files; when set, replaces the train/test split."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hugging Face hub dataset id (needs network); replaces train_file."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The hub dataset's configuration name."})
+    text_column: str | None = field(default=None, metadata={"help": "Column holding the text; default: the first of text, completion, content."})
+    validation_split_percentage: float = field(default=1.0, metadata={"help": "Percent of documents held out for evaluation."})
+    validation_split_documents: int | None = field(default=None, metadata={"help": "Hold out this many documents instead of a percentage."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
+    block_size: int = field(default=512, metadata={"help": "Tokens per training block."})
+    skip_bad_records: bool = field(default=False, metadata={"help": "Skip malformed records (and count them) instead of stopping."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where tokenizers and token blocks are cached (default ~/.cache/zhpretrain)."})
+
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "zhpretrain"))
+
+
+@dataclass
+class ModelArguments:
+    model_config: str = field(default="configs/models/qwen2-tutorial.json", metadata={"help": "A Hugging Face config.json (file or folder) giving the model's shape."})
+    config_overrides: str | None = field(default=None, metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'num_hidden_layers=6,hidden_size=384'."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A local Hugging Face tokenizer folder; default: train a byte-level BPE."})
+    tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
+    tokenizer_train_max_chars: int = field(default=50_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
+
+
+@dataclass
+class RunArguments:
+    swanlab_mode: str | None = field(default=None, metadata={"help": "cloud, local, offline or disabled; default: $SWANLAB_MODE, else cloud when logged in, else local."})
+    swanlab_project: str = field(default="zhpretrain", metadata={"help": "SwanLab project name."})
+    swanlab_experiment_name: str | None = field(default=None, metadata={"help": "SwanLab experiment name (default: the output_dir's name)."})
+    swanlab_log_dir: str = field(default="swanlog", metadata={"help": "Folder for SwanLab's local and offline logs."})
+    sample_prompts: list[str] = field(default_factory=lambda: ["陕西省是", "中国的首都", "数学是"], metadata={"help": "Prompts continued at each evaluation and logged as text."})
+    prompt: str = field(default="陕西省是", metadata={"help": "Prompt continued once training ends."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+
+
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)
+
+
+def _closest(name: str, valid) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def resolve_path(path: str | None) -> str | None:
+    """A relative path not found from here is looked up in the repo, so the shipped presets work from any folder."""
+    if not path or os.path.isabs(path) or os.path.exists(path) or any(c in path for c in "*?["):
+        return path
+    candidate = REPO / path
+    return str(candidate) if candidate.exists() else path
+
+
+def _choose_preset(argv: list[str]) -> tuple[Path, list[str]]:
+    """The first argument may name a YAML preset; otherwise the wiki preset if its corpus is here, else the demo."""
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise UserError(f"Preset file {path} does not exist. The presets shipped are in {REPO / 'configs'}.")
+        return path, argv[1:]
+    if Path(WIKI_FILE).is_file():
+        return WIKI_PRESET, argv
+    if "--train_file" not in argv and "--dataset_name" not in argv:
+        print(
+            f"{WIKI_FILE} not found, so running the demo preset on the small demo corpus. For the real run, download "
+            "wikipedia-zh-cn-20240820.json (Hugging Face: fjcanyue/wikipedia-zh-cn; or ModelScope) into data/, "
+            "or pass --train_file PATH.",
+            flush=True,
+        )
+    return DEMO_PRESET, argv
+
+
+def load_preset(path: Path, valid: set[str]) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"Preset {path} is not valid YAML: {e}. Fix the file and run again.") from None
+    if not isinstance(values, dict):
+        raise UserError(f"Preset {path} must be a mapping of option: value, not a {type(values).__name__}.")
+    for key in values:
+        if key not in valid:
+            raise UserError(f"Preset {path} has an unknown key '{key}'.{_closest(key, valid)} Run python pretrain.py --help for every option.")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """Return (data, model, run, training) arguments from an optional YAML preset plus command-line overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    valid = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    preset, argv = _choose_preset(argv)
+    defaults = load_preset(preset, valid)
+    parser.set_defaults(**defaults)
+    namespace, rest = parser.parse_known_args(argv)
+    if rest:
+        unknown = next((a for a in rest if a.startswith("--")), rest[0])
+        hint = _closest(unknown.lstrip("-").split("=")[0], valid).replace("'", "'--", 1)
+        raise UserError(f"Unknown option '{unknown}'.{hint} Run python pretrain.py --help for every option.")
+    if namespace.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        print("bf16 is not supported on this device: training in fp32.", flush=True)
+        namespace.bf16 = False
+    try:
+        data, model, run, training = (cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
+                                      for cls in ARGUMENT_CLASSES)
+    except ValueError as e:
+        raise UserError(f"Invalid arguments: {e}") from None
+    data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file)
+    model.model_config = resolve_path(model.model_config)
+    if data.validation_split_documents is None and not 0 < data.validation_split_percentage < 100:
+        raise UserError(f"validation_split_percentage must be between 0 and 100, not {data.validation_split_percentage}.")
+    return preset, data, model, run, training

@@ -1,0 +1,286 @@
+"""Find the data files, read their documents lazily, drop empty texts, and split them into train and test."""
+import codecs
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+TEXT_COLUMNS = ("text", "completion", "content")
+CHUNK = 1 << 20  # bytes read at a time from a JSON array: bounded memory whatever the file size
+
+
+@dataclass
+class ReadStats:
+    """What reading saw: records read, empty texts dropped, bad records skipped."""
+
+    records: int = 0
+    empty: int = 0
+    skipped: int = 0
+    bytes: dict = field(default_factory=lambda: {"train": 0, "test": 0})
+
+
+def find_files(spec: str, what: str = "train_file") -> list[str]:
+    """Expand a path, directory or glob into a sorted list of data files, or say clearly why there are none."""
+    if any(c in spec for c in "*?["):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise UserError(f"{what} '{spec}' matches no file. Check the pattern (quote it so the shell does not expand it).")
+    elif os.path.isdir(spec):
+        paths = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        if not paths:
+            raise UserError(f"{what} '{spec}' is a directory with no data files in it ({', '.join(SUFFIXES)}).")
+    elif os.path.isfile(spec):
+        paths = [spec]
+    else:
+        raise UserError(f"{what} '{spec}' does not exist. Give a file, a directory or a glob of {', '.join(SUFFIXES)} files.")
+    odd = [p for p in paths if not p.endswith(SUFFIXES)]
+    if odd:
+        raise UserError(f"{what}: cannot read '{odd[0]}': data files must end in {', '.join(SUFFIXES)}.")
+    return paths
+
+
+def fingerprint(paths: list[str]) -> list:
+    """Name, size and modification time of each file: enough to notice that the data changed."""
+    return [[os.path.abspath(p), os.path.getsize(p), int(os.stat(p).st_mtime_ns)] for p in paths]
+
+
+# ---- readers: each yields (where, record) with `where` naming the file and line for error messages ----
+
+def _bad(where: str, what: str, skip: bool, stats: ReadStats) -> None:
+    if not skip:
+        raise UserError(f"{where}: {what}. Fix or remove that record, or pass --skip_bad_records to skip such records.")
+    stats.skipped += 1
+
+
+def _first_char(path: str) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1]
+
+
+def _json_lines(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+    # Split on b"\n" only: the corpus holds raw U+2028 inside texts, which str.splitlines() would cut.
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _bad(f"{path}: line {number}", f"invalid UTF-8 at byte offset {start + e.start}", skip, stats)
+                continue
+            try:
+                yield f"{path}: line {number}", json.loads(line)
+            except json.JSONDecodeError as e:
+                _bad(f"{path}: line {number}", f"malformed JSON ({e.msg} at column {e.colno})", skip, stats)
+
+
+def _json_array(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+    # datasets' json builder parses a whole array at once (2 GB of RAM for a 200 MB file); this reads it a
+    # chunk at a time and decodes one element at a time with the standard library's raw_decode.
+    decoder, scanner = codecs.getincrementaldecoder("utf-8")(), json.JSONDecoder()
+    buf, i, line_base, read, eof = "", 0, 1, 0, False
+
+    def more() -> None:
+        nonlocal buf, i, line_base, read, eof
+        chunk = f.read(CHUNK)
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: invalid UTF-8 at byte offset {read - pending + e.start}. Re-encode the file as UTF-8.") from None
+        read += len(chunk)
+        eof = not chunk
+        line_base += buf.count("\n", 0, i)
+        buf, i = buf[i:] + text, 0
+
+    def where(pos: int) -> str:
+        return f"{path}: line {line_base + buf.count(chr(10), 0, pos)}"
+
+    def skip_space() -> str:
+        nonlocal i
+        while True:
+            while i < len(buf) and buf[i] in " \t\r\n\ufeff":
+                i += 1
+            if i < len(buf) or eof:
+                return buf[i] if i < len(buf) else ""
+            more()
+
+    with open(path, "rb") as f:
+        if skip_space() != "[":
+            raise UserError(f"{where(i)}: expected a JSON array ('[') or JSON Lines.")
+        i += 1
+        first = True
+        while True:
+            c = skip_space()
+            if c == "]":
+                i += 1
+                if skip_space():
+                    raise UserError(f"{where(i)}: unexpected text after the end of the JSON array.")
+                return
+            if not first:
+                if c != ",":
+                    raise UserError(f"{where(i)}: expected ',' or ']' between array elements; the file may be truncated or malformed.")
+                i += 1
+                skip_space()
+            first = False
+            while True:
+                try:
+                    obj, end = scanner.raw_decode(buf, i)
+                    break
+                except json.JSONDecodeError as e:
+                    if eof:
+                        raise UserError(f"{where(e.pos)}: the JSON array is truncated or malformed ({e.msg}). "
+                                        "Re-download or repair the file.") from None
+                    more()
+            yield where(i), obj
+            i = end
+            if not eof and len(buf) - i < CHUNK // 2:
+                more()
+
+
+def _parquet(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable parquet file ({e}).") from None
+    row = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"{path}: row {row}", record
+
+
+def _txt(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+    # A .txt file holds documents separated by blank lines.
+    lines, start = [], 1
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: line {number}: invalid UTF-8 (byte {e.start} of the line). Re-encode the file as UTF-8.") from None
+            if line.strip():
+                lines.append(line)
+            elif lines:
+                yield f"{path}: line {start}", {"text": "\n".join(lines)}
+                lines = []
+            if not lines:
+                start = number + 1
+        if lines:
+            yield f"{path}: line {start}", {"text": "\n".join(lines)}
+
+
+def _records(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+    if path.endswith(".parquet"):
+        return _parquet(path, skip, stats)
+    if path.endswith(".txt"):
+        return _txt(path, skip, stats)
+    first = _first_char(path)
+    if not first:
+        raise UserError(f"{path} is empty. Remove it from the data or point train_file elsewhere.")
+    return _json_array(path, skip, stats) if first == b"[" else _json_lines(path, skip, stats)
+
+
+def _hub_records(name: str, config: str | None) -> Iterator[tuple[str, object]]:
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(name, config, split="train", streaming=True)
+        for row, record in enumerate(stream, 1):
+            yield f"{name}: row {row}", record
+    except (ConnectionError, OSError, ValueError) as e:
+        raise UserError(f"Could not load dataset '{name}' from the Hugging Face hub ({type(e).__name__}). "
+                        "Without network, download the files (Hugging Face or ModelScope) and pass --train_file PATH.") from None
+
+
+def read_texts(source: list[str] | str, text_column: str | None, skip: bool, stats: ReadStats,
+               config: str | None = None) -> Iterator[str]:
+    """Yield the non-empty texts of every record of the files (or hub dataset id) in order."""
+    sources = [(p, _records(p, skip, stats)) for p in source] if isinstance(source, list) else [(source, _hub_records(source, config))]
+    for name, records in sources:
+        column = text_column
+        for where, record in records:
+            if not isinstance(record, dict):
+                _bad(where, f"expected a JSON object, found {type(record).__name__}", skip, stats)
+                continue
+            if column is None:
+                column = next((c for c in TEXT_COLUMNS if c in record), None)
+                if column is None:
+                    raise UserError(f"{where}: no text column; found {sorted(record)}. Pass --text_column NAME.")
+            if column not in record:
+                _bad(where, f"no '{column}' field; found {sorted(record)}", skip, stats)
+                continue
+            text = record[column]
+            if text is not None and not isinstance(text, str):
+                _bad(where, f"'{column}' is a {type(text).__name__}, not a string", skip, stats)
+                continue
+            stats.records += 1
+            if not text or not text.strip():
+                stats.empty += 1
+                continue
+            yield text
+        if stats.records == 0 and isinstance(source, list) and len(source) == 1:
+            raise UserError(f"{name} holds no records. Check that it is the right file.")
+
+
+class Split:
+    """Which documents are held out: a seeded hash of each document's ordinal, so no pass over the data is needed."""
+
+    def __init__(self, seed: int, percentage: float, documents: int | None = None, total: int | None = None):
+        self.seed, self.fraction, self.chosen = seed, percentage / 100, None
+        if documents is not None:
+            if not 0 < documents < (total or 0):
+                raise UserError(f"validation_split_documents={documents} must be between 1 and the number of documents "
+                                f"minus one ({(total or 0) - 1}).")
+            self.chosen = set(np.random.default_rng(seed).choice(total, documents, replace=False).tolist())
+
+    def is_test(self, ordinal: int) -> bool:
+        if self.chosen is not None:
+            return ordinal in self.chosen
+        digest = hashlib.blake2b(f"{self.seed}/{ordinal}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") < self.fraction * 2**64
+
+
+def documents(args, stats: ReadStats, split_name: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ("train" | "test", text) for every non-empty document, following the split or the validation files.
+
+    With split_name set, yield only that split's documents (the others are still read, to keep the ordinals)."""
+    source = args.dataset_name or find_files(args.train_file)
+    read = lambda src, st: read_texts(src, args.text_column, args.skip_bad_records, st, args.dataset_config_name)  # noqa: E731
+    if args.validation_file:
+        if split_name != "test":
+            for text in read(source, stats):
+                stats.bytes["train"] += len(text.encode())
+                yield "train", text
+        if split_name != "train":
+            for text in read(find_files(args.validation_file, "validation_file"), ReadStats()):
+                stats.bytes["test"] += len(text.encode())
+                yield "test", text
+        return
+    total = None
+    if args.validation_split_documents is not None:
+        total = sum(1 for _ in read(source, ReadStats()))
+    split = Split(args.split_seed, args.validation_split_percentage, args.validation_split_documents, total)
+    for ordinal, text in enumerate(read(source, stats)):
+        name = "test" if split.is_test(ordinal) else "train"
+        if split_name in (None, name):
+            stats.bytes[name] += len(text.encode())
+            yield name, text
+    if stats.records == stats.empty:
+        raise UserError(f"Every one of the {stats.records} records in {args.dataset_name or args.train_file} has an empty text; "
+                        "there is nothing to train on. Check --text_column.")

@@ -1,0 +1,77 @@
+"""Load a tokenizer, or train a byte-level BPE on the training split and cache it."""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from .errors import UserError
+
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+# Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
+SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def load(path: str, trust_remote_code: bool = False):
+    """Load a local Hugging Face tokenizer and make sure it has an EOS and a pad distinct from it."""
+    if not os.path.isdir(path):
+        raise UserError(f"tokenizer_name_or_path '{path}' is not a local folder. Download the tokenizer first "
+                        "(e.g. `modelscope download --model Qwen/Qwen2.5-0.5B --local_dir qwen2`) and pass that folder.")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Could not load a tokenizer from {path}: {e}") from None
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": EOS})
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # DataCollatorForLanguageModeling masks every pad id out of the labels: pad == eos would hide every EOS.
+        tok.add_special_tokens({"pad_token": PAD})
+    return tok
+
+
+def train(texts: Iterator[str], vocab_size: int, max_chars: int):
+    """Train a byte-level BPE (NFC-normalised, Qwen2-style split) on texts, stopping after max_chars characters."""
+    def sample():
+        seen = 0
+        for text in texts:
+            yield text
+            seen += len(text)
+            if seen >= max_chars:
+                return
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(sample(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=1 << 30)
+
+
+def cache_folder(cache_root: Path, source: dict, model_args) -> Path:
+    """Where the BPE trained on this data, split and vocabulary size is cached."""
+    key = {**source, "vocab_size": model_args.tokenizer_vocab_size, "max_chars": model_args.tokenizer_train_max_chars}
+    return cache_root / f"tokenizer-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def train_and_save(texts: Iterator[str], model_args, folder: Path) -> None:
+    tok = train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        tok.save_pretrained(tmp)
+        os.rename(tmp, folder)  # atomic: a killed run never leaves a half-written tokenizer behind
+    except OSError:
+        if not folder.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
