@@ -142,7 +142,7 @@ def main(argv=None) -> int:
 
         generator = pipeline("text-generation", model=str(final), device=trainer.model.device)
         sample = train.generate(generator.model, generator.tokenizer, run_args.prompt, run_args.max_new_tokens)
-        run.log_samples(step, [sample], label="sample")
+        run.log_samples(step, [sample], label="sample", key="final_sample")
     run.finish()
     return 0
 

@@ -1,6 +1,5 @@
 """The one error type users see, and how it is printed."""
 import sys
-import textwrap
 
 
 class UserError(Exception):
@@ -8,7 +7,6 @@ class UserError(Exception):
 
 
 def report(error: BaseException) -> int:
-    """Print a user-facing error as one wrapped paragraph on stderr and return the exit code."""
-    text = " ".join(str(error).split())
-    print("\n" + textwrap.fill(f"error: {text}", width=100) + "\n", file=sys.stderr, flush=True)
+    """Print a user-facing error as one paragraph on stderr and return the exit code."""
+    print("\nerror: " + " ".join(str(error).split()) + "\n", file=sys.stderr, flush=True)
     return 2

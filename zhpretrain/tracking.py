@@ -6,18 +6,29 @@ MODES = ("cloud", "local", "offline", "disabled")
 
 
 def logged_in() -> bool:
-    """True when an API key is in the environment or was saved by `swanlab login` (no network is asked)."""
-    if os.environ.get("SWANLAB_API_KEY"):
-        return True
-    try:
-        from swanlab.core_python.auth import get_key  # noqa: F401  (location varies by version)
-    except ImportError:
-        pass
+    """True when SwanLab finds an API key (environment, `swanlab login`'s netrc, config files); asks no network."""
     try:
         import swanlab
 
-        return bool(swanlab.env.get_api_key() if hasattr(swanlab, "env") and hasattr(swanlab.env, "get_api_key") else None)
-    except Exception:  # any failure to find a key means: not logged in
+        return bool(swanlab.Settings().api_key)
+    except Exception:  # a malformed SWANLAB_* variable: treat as not logged in, the init below will say more
+        return False
+
+
+def cloud_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the SwanLab API host, so an offline machine falls back at once instead of retrying ~15 s."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import swanlab
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe would bypass the proxy: let swanlab try
+    try:
+        url = urlsplit(swanlab.Settings().api_host)
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except Exception:
         return False
 
 
@@ -37,11 +48,11 @@ class Run:
     def __init__(self, swanlab=None, callback=None):
         self.swanlab, self.callback = swanlab, callback
 
-    def log_samples(self, step: int, texts: list[str], label: str = "eval sample") -> None:
+    def log_samples(self, step: int, texts: list[str], label: str = "eval sample", key: str = "samples") -> None:
         for text in texts:
             print(f"{label} @ step {step}: {text[:200]!r}", flush=True)
         if self.swanlab is not None:
-            self.swanlab.log({"samples": [self.swanlab.Text(t) for t in texts]}, step=step)
+            self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
 
     def finish(self) -> None:
         if self.swanlab is not None:
@@ -49,8 +60,12 @@ class Run:
 
 
 def start(run_args, training_args, main_process: bool, config: dict) -> Run:
+    """Start SwanLab on the main process. Cloud falls back to local with a warning; any other failure disables it."""
     if not main_process:
         return Run()
+    if "SWANLAB_PROJECT" in os.environ:  # swanlab 0.10 parses it as a nested setting and every init fails
+        warnings.warn("SWANLAB_PROJECT is ignored (it breaks swanlab.init); use --swanlab_project.", stacklevel=1)
+        os.environ.pop("SWANLAB_PROJECT")
     mode = resolve_mode(run_args.swanlab_mode)
     if mode == "disabled":
         return Run()
@@ -59,13 +74,24 @@ def start(run_args, training_args, main_process: bool, config: dict) -> Run:
 
     name = run_args.swanlab_experiment_name or os.path.basename(os.path.normpath(training_args.output_dir))
     init = dict(project=run_args.swanlab_project, experiment_name=name, log_dir=run_args.swanlab_log_dir, config=config)
+    fallback = f"logging locally to {run_args.swanlab_log_dir} (see it with `swanlab watch {run_args.swanlab_log_dir}`)"
     try:
-        swanlab.init(mode=mode, **init)
-    except Exception as e:  # no network, a wrong key, a server error: the run goes on, logged locally
-        if mode != "cloud":
-            raise
-        warnings.warn(f"SwanLab cloud is unreachable ({type(e).__name__}); logging locally to {run_args.swanlab_log_dir} "
-                      f"instead (view it with `swanlab watch {run_args.swanlab_log_dir}`, upload later with `swanlab sync`).",
-                      stacklevel=1)
-        swanlab.init(mode="local", **init)
+        settings = swanlab.Settings(interactive=False)  # never block on a login prompt inside tmux or CI
+        if mode == "cloud":
+            try:
+                if not logged_in():
+                    raise RuntimeError("not logged in: run `swanlab login` or set SWANLAB_API_KEY")
+                if not cloud_reachable():
+                    raise ConnectionError("the SwanLab server cannot be reached")
+                swanlab.init(mode="cloud", settings=settings, **init)
+                return Run(swanlab, SwanLabCallback())
+            except Exception as e:  # no network, a wrong key, a server error: the run goes on, logged locally
+                warnings.warn(f"SwanLab cloud is unavailable ({e}); {fallback}.", stacklevel=1)
+                if swanlab.has_run():
+                    swanlab.finish()
+                mode = "local"
+        swanlab.init(mode=mode, settings=settings, **init)
+    except Exception as e:
+        warnings.warn(f"SwanLab could not start ({type(e).__name__}: {e}); training goes on without it.", stacklevel=1)
+        return Run()
     return Run(swanlab, SwanLabCallback())

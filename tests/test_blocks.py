@@ -1,0 +1,53 @@
+"""Packing documents with EOS into blocks: nothing lost but the last partial block, counted, cached atomically."""
+import json
+
+import numpy as np
+
+from zhpretrain import blocks, tokenizer
+
+TEXTS = [f"第{i}篇：" + "陕西省是中国的一个省。" * (i % 7 + 1) for i in range(300)]
+
+
+def tok():
+    return tokenizer.train(iter(TEXTS), vocab_size=500, max_chars=10**6)
+
+
+def test_blocks_keep_every_token_but_the_last_partial_block(tmp_path):
+    t = tok()
+    docs = [("test" if i % 10 == 0 else "train", text) for i, text in enumerate(TEXTS)]
+    byte_counts = {"train": 11, "test": 22}
+    meta = blocks.build(iter(docs), t, 64, tmp_path / "b", byte_counts)
+    ids = [t(text)["input_ids"] + [t.eos_token_id] for _, text in docs if _ == "train"]
+    flat = [x for doc in ids for x in doc]
+    train = meta["stats"]["train"]
+    assert train["documents"] == 270 and train["tokens"] == len(flat) and train["bytes"] == 11
+    assert train["blocks"] == len(flat) // 64 and train["tokens"] - train["tokens_in_blocks"] < 64
+    data = blocks.datasets(tmp_path / "b", meta)
+    assert len(data["train"]) == train["blocks"]
+    got = np.concatenate([data["train"][i]["input_ids"].numpy() for i in range(len(data["train"]))])
+    assert got.tolist() == flat[:train["tokens_in_blocks"]]
+    item = data["train"][0]
+    assert item["input_ids"].shape == (64,) and item["labels"] is item["input_ids"]
+    assert json.loads((tmp_path / "b" / "meta.json").read_text()) == meta == blocks.load(tmp_path / "b")
+
+
+def test_a_build_that_dies_leaves_no_cache(tmp_path):
+    def docs():
+        yield "train", TEXTS[0]
+        raise KeyboardInterrupt  # killed mid-way
+
+    try:
+        blocks.build(docs(), tok(), 64, tmp_path / "b", {"train": 0, "test": 0})
+    except KeyboardInterrupt:
+        pass
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+    assert blocks.load(tmp_path / "b") is None
+
+
+def test_cache_key_changes_with_tokenizer_and_block_size(tmp_path):
+    t = tok()
+    base = {"files": [["a", 1, 2]], "tokenizer": blocks.tokenizer_digest(t), "block_size": 64}
+    assert blocks.cache_folder(tmp_path, base) == blocks.cache_folder(tmp_path, dict(base))
+    assert blocks.cache_folder(tmp_path, base) != blocks.cache_folder(tmp_path, {**base, "block_size": 128})
+    t.add_special_tokens({"additional_special_tokens": ["<x>"]})
+    assert blocks.cache_folder(tmp_path, base) != blocks.cache_folder(tmp_path, {**base, "tokenizer": blocks.tokenizer_digest(t)})

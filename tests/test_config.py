@@ -1,0 +1,57 @@
+"""Presets, command-line overrides, unknown keys, bf16 fallback, and every YAML key commented."""
+import re
+
+import pytest
+
+from zhpretrain import config
+from zhpretrain.errors import UserError
+
+PRESETS = sorted((config.REPO / "configs").glob("*.yaml"))
+
+
+def test_preset_then_command_line_overrides(tmp_path):
+    preset, data, model, run, training = config.parse_args(
+        [str(config.DEMO_PRESET), "--learning_rate", "3e-4", "--output_dir", str(tmp_path / "x"), "--block_size", "64",
+         "--sample_prompts", "甲", "乙", "--lr_scheduler_type", "linear"])
+    assert preset == config.DEMO_PRESET
+    assert training.learning_rate == 3e-4 and training.output_dir == str(tmp_path / "x")
+    assert str(training.lr_scheduler_type) in ("linear", "SchedulerType.LINEAR") and data.block_size == 64
+    assert run.sample_prompts == ["甲", "乙"]
+    assert training.max_steps == 300 and training.weight_decay == 0.1  # from the preset
+    assert data.train_file == str(config.REPO / "data" / "demo-zhwiki.jsonl")  # repo-relative, found from any folder
+
+
+def test_no_preset_falls_back_to_the_demo_with_a_one_line_message(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    preset, *_ = config.parse_args(["--max_steps", "5"])
+    assert preset == config.DEMO_PRESET
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "fjcanyue/wikipedia-zh-cn" in out[0] and "ModelScope" in out[0]
+
+
+def test_full_corpus_present_selects_the_tutorial_preset(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / config.WIKI_FILE).write_text("[]")
+    preset, data, model, _, training = config.parse_args([])
+    assert preset == config.WIKI_PRESET and data.block_size == 512 and training.learning_rate == 5e-4
+    assert training.bf16 is False  # no GPU here: fp32
+
+
+def test_unknown_keys_suggest_the_closest(tmp_path):
+    with pytest.raises(UserError, match="Unknown option '--learning_rat'. Did you mean '--learning_rate'"):
+        config.parse_args(["--learning_rat", "1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("blok_size: 64\n")
+    with pytest.raises(UserError, match="bad.yaml has an unknown key 'blok_size'. Did you mean 'block_size'"):
+        config.parse_args([str(bad)])
+    with pytest.raises(UserError, match="does not exist"):
+        config.parse_args([str(tmp_path / "missing.yaml")])
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_parses_and_every_key_is_commented(preset):
+    config.parse_args([str(preset)])
+    for line in preset.read_text(encoding="utf-8").splitlines():
+        if re.match(r"^[a-z_]+:", line):
+            assert re.search(r"\s#\s", line), f"{preset.name}: key without a comment: {line}"

@@ -1,0 +1,53 @@
+"""Model shapes from config.json files: Qwen2, Llama and GPT-2, vocabulary padding, limits, parameter counts."""
+import pytest
+import torch
+
+from zhpretrain import model as modeling
+from zhpretrain import tokenizer
+from zhpretrain.config import REPO, ModelArguments
+from zhpretrain.errors import UserError
+
+TOK = tokenizer.train(iter(["陕西省是中国的一个省。"] * 20), vocab_size=300, max_chars=10**6)
+TINY = "hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=2"
+
+
+@pytest.mark.parametrize("shape,overrides", [
+    ("qwen2-small", TINY), ("llama-small", TINY), ("gpt2-small", "n_embd=64,n_layer=2,n_head=4"),
+    ("qwen2-tutorial", TINY), ("qwen2-demo", None)])
+def test_shapes_build_and_train_a_step(shape, overrides):
+    args = ModelArguments(model_config=str(REPO / "configs" / "models" / f"{shape}.json"), config_overrides=overrides)
+    config = modeling.build_config(args, TOK, 128)
+    assert config.vocab_size % 64 == 0 and config.vocab_size >= len(TOK) and config.vocab_size - len(TOK) < 64
+    assert (config.eos_token_id, config.pad_token_id) == (TOK.eos_token_id, TOK.pad_token_id)
+    model = modeling.build_model(config, seed=0)
+    ids = torch.randint(0, len(TOK), (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    counts = modeling.count_parameters(model)
+    assert counts["parameters"] == counts["embedding_parameters"] + counts["non_embedding_parameters"]
+    assert counts["embedding_parameters"] >= config.vocab_size * model.get_input_embeddings().embedding_dim
+
+
+def test_same_seed_same_weights():
+    args = ModelArguments(model_config=str(REPO / "configs/models/qwen2-demo.json"))
+    config = modeling.build_config(args, TOK, 128)
+    a, b = modeling.build_model(config, 3), modeling.build_model(config, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_tutorial_shape_matches_the_original():
+    config = modeling.build_config(ModelArguments(model_config=str(REPO / "configs/models/qwen2-tutorial.json")), TOK, 512)
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+            config.intermediate_size) == ("qwen2", 512, 12, 8, 2048)
+
+
+def test_limits_are_clear_errors():
+    args = ModelArguments(model_config=str(REPO / "configs/models/qwen2-demo.json"))
+    with pytest.raises(UserError, match="block_size 4096 is larger than the model's position limit 1024"):
+        modeling.build_config(args, TOK, 4096)
+    args.config_overrides = "vocab_size=64"
+    with pytest.raises(UserError, match=f"tokenizer has {len(TOK)} tokens but the model's vocab_size is 64"):
+        modeling.build_config(args, TOK, 128)
+    with pytest.raises(UserError, match="does not exist"):
+        modeling.build_config(ModelArguments(model_config="configs/models/nope.json"), TOK, 128)

@@ -1,0 +1,100 @@
+"""End to end: pretrain.py run as a user runs it, its outputs, its SwanLab log, and its data statistics."""
+import json
+
+import pytest
+
+import swanlab_log
+from conftest import REPO, run_pretrain, shared
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo preset, shortened: 40 steps with evaluations at 0, 20 and 40."""
+    tmp = tmp_path_factory.mktemp("demo")
+    args = ["--max_steps", 40, "--eval_steps", 20, "--save_steps", 20, "--output_dir", tmp / "out", "--cache_dir", tmp / "cache",
+            "--swanlab_mode", "local", "--swanlab_log_dir", tmp / "swanlog"]
+    proc = run_pretrain(*args, cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return tmp, args, proc.stdout
+
+
+def test_demo_writes_a_final_model_that_loads_and_generates(demo_run):
+    tmp, _, out = demo_run
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    final = tmp / "out" / "final"
+    assert (final / "model.safetensors").is_file() and not list(final.glob("*.bin"))
+    model, tok = AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    assert model.config.vocab_size >= len(tok) and tok.pad_token_id != tok.eos_token_id
+    text = pipeline("text-generation", model=str(final))("陕西省是", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("陕西省是") and len(text) > 4
+    assert "sample @ step 40: '陕西省是" in out
+    assert "not found, so running the demo preset" in out
+
+
+def test_demo_eval_loss_falls_and_data_stats_are_written(demo_run):
+    tmp, _, out = demo_run
+    state = json.loads((tmp / "out" / "checkpoint-40" / "trainer_state.json").read_text())
+    evals = [h for h in state["log_history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [0, 20, 40]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0
+    assert all(h["eval_bits_per_byte"] > 0 and h["eval_perplexity"] > 1 for h in evals)
+    stats = json.loads((tmp / "out" / "data_stats.json").read_text())
+    for split in ("train", "test"):
+        s = stats[split]
+        assert s["documents"] > 0 and s["tokens"] > 0 and s["blocks"] == s["tokens"] // 128
+        assert s["tokens"] - s["tokens_in_blocks"] < 128
+    assert f"train: {stats['train']['documents']:,} documents, {stats['train']['tokens']:,} tokens" in out
+
+
+def test_demo_swanlab_log_holds_train_and_eval_curves_samples_and_config(demo_run):
+    tmp, _, _ = demo_run
+    [run] = swanlab_log.run_dirs(tmp / "swanlog")
+    curves = swanlab_log.scalars(run)
+    assert [s for s, _ in curves["train/loss"]] == [10, 20, 30, 40]
+    assert [s for s, _ in curves["eval/loss"]] == [0, 20, 40]
+    assert curves["eval/loss"][-1][1] < curves["eval/loss"][0][1]
+    for key in ("eval/perplexity", "eval/bits_per_byte", "train/learning_rate", "train/grad_norm", "train/tokens_per_second"):
+        assert key in curves, sorted(curves)
+    samples = swanlab_log.texts(run)
+    assert [s for s, _ in samples["samples"]] == [0, 20, 40] and samples["samples"][-1][1][0].startswith("陕西省是")
+    assert samples["final_sample"][0][1][0].startswith("陕西省是")
+    config = swanlab_log.config(run)
+    assert config["data_stats"]["train"]["blocks"] > 0 and config["non_embedding_parameters"] > 0
+    assert config["model"]["model_config"].endswith("qwen2-demo.json") and config["training"]["max_steps"] == 40
+
+
+def test_rerunning_the_same_command_resumes_and_does_not_train_again(demo_run):
+    tmp, args, _ = demo_run
+    proc = run_pretrain(*args, "--swanlab_mode", "disabled", cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "resuming from" in proc.stdout and "checkpoint-40" in proc.stdout
+    assert "tokenizer: " in proc.stdout and "tokenizing:" not in proc.stdout  # tokenizer and blocks came from the cache
+    assert not (tmp / "out" / "checkpoint-41").exists()
+
+
+def test_json_array_file_trains(tmp_path):
+    proc = run_pretrain("--train_file", shared("zhwiki-sample.json"), "--max_steps", 5, "--eval_steps", 5, "--output_dir",
+                        tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    stats = json.loads((tmp_path / "out" / "data_stats.json").read_text())
+    assert stats["train"]["documents"] + stats["test"]["documents"] == 1044
+
+
+def test_blocks_keep_at_least_999_per_mille_of_the_val_tokens(tmp_path):
+    proc = run_pretrain("--train_file", shared("zhwiki-val.jsonl"), "--block_size", 512, "--tokenizer_vocab_size", 8000,
+                        "--max_steps", 1, "--eval_on_start", "false", "--output_dir", tmp_path / "out", "--cache_dir",
+                        tmp_path / "cache", "--swanlab_mode", "disabled", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    stats = json.loads((tmp_path / "out" / "data_stats.json").read_text())
+    kept = sum(s["tokens_in_blocks"] for s in stats.values()) / sum(s["tokens"] for s in stats.values())
+    assert kept >= 0.999, stats
+    assert stats["train"]["documents"] + stats["test"]["documents"] == 2470
+
+
+def test_user_errors_print_one_paragraph_and_no_traceback(tmp_path):
+    proc = run_pretrain("--train_file", tmp_path / "nothing-*.jsonl", "--output_dir", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout
+    assert "nothing-*.jsonl' matches no file" in proc.stdout
+    proc = run_pretrain("--max_step", 3, cwd=tmp_path)
+    assert proc.returncode == 2 and "Did you mean '--max_steps'" in proc.stdout and "Traceback" not in proc.stdout
