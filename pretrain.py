@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
     import torch
-    from accelerate import PartialState
 
     from zhpretrain import model as modeling
     from zhpretrain import tracking, train
@@ -92,29 +91,32 @@ def main(argv=None) -> int:
     training_args.ddp_find_unused_parameters = False
     training_args.dataloader_pin_memory &= torch.cuda.is_available()
     training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
-    state = PartialState()
+    # Reading the device sets up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs).
+    device, world, rank = training_args.device, training_args.world_size, training_args.process_index
+    main_process = rank == 0
 
-    tok, datasets, meta = prepare_data(data_args, model_args, builder=state.is_local_main_process)
+    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
     stats = {s: {k: v for k, v in meta["stats"][s].items()} for s in ("train", "test")}
     line = "; ".join(f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
                      f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)" for s, v in stats.items())
     print(f"data: {line}", flush=True)
 
     config = modeling.build_config(model_args, tok, data_args.block_size)
-    model = modeling.build_model(config, training_args.seed)
+    checkpoint = train.last_checkpoint(training_args.output_dir)
+    done = train.finished_step(checkpoint)
+    model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters "
           f"({params['embedding_parameters'] / 1e6:.2f}M embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
 
-    world = state.num_processes
     sequences = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
     tokens_per_step = sequences * data_args.block_size
     print(f"global batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
           f"accumulation x {world} processes = {sequences} sequences = {tokens_per_step:,} tokens per step", flush=True)
 
-    if state.is_main_process:
+    if main_process:
         (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
-    run = tracking.start(run_args, training_args, main_process=state.is_main_process,
+    run = tracking.start(run_args, training_args, main_process=main_process,
                          config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
                                  "training": training_args.to_dict(), "model_config": config.to_dict(), "data_stats": stats,
                                  **params, "world_size": world, "tokens_per_step": tokens_per_step})
@@ -125,22 +127,25 @@ def main(argv=None) -> int:
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
 
-    checkpoint = train.last_checkpoint(training_args.output_dir)
-    if checkpoint:
-        print(f"resuming from {checkpoint}", flush=True)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if done:
+        print(f"{checkpoint} is already at the last step: evaluating, saving and sampling it", flush=True)
+        trainer.state.global_step = done
+    else:
+        if checkpoint:
+            print(f"resuming from {checkpoint}", flush=True)
+        trainer.train(resume_from_checkpoint=checkpoint)
     step = trainer.state.global_step
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
         or trainer.evaluate()
 
     final = output_dir / "final"
     trainer.save_model(str(final))
-    if state.is_main_process:
+    if main_process:
         print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
               f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
         from transformers import pipeline
 
-        generator = pipeline("text-generation", model=str(final), device=trainer.model.device)
+        generator = pipeline("text-generation", model=str(final), device=device)
         sample = train.generate(generator.model, generator.tokenizer, run_args.prompt, run_args.max_new_tokens)
         run.log_samples(step, [sample], label="sample", key="final_sample")
     run.finish()

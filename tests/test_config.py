@@ -9,7 +9,8 @@ from zhpretrain.errors import UserError
 PRESETS = sorted((config.REPO / "configs").glob("*.yaml"))
 
 
-def test_preset_then_command_line_overrides(tmp_path):
+def test_preset_then_command_line_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     preset, data, model, run, training = config.parse_args(
         [str(config.DEMO_PRESET), "--learning_rate", "3e-4", "--output_dir", str(tmp_path / "x"), "--block_size", "64",
          "--sample_prompts", "甲", "乙", "--lr_scheduler_type", "linear"])

@@ -124,6 +124,8 @@ def parse_args(argv: list[str] | None = None):
     if namespace.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         print("bf16 is not supported on this device: training in fp32.", flush=True)
         namespace.bf16 = False
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        namespace.use_cpu = True  # without it, TrainingArguments ignores torchrun's process group on a CPU-only machine
     try:
         data, model, run, training = (cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
                                       for cls in ARGUMENT_CLASSES)

@@ -39,7 +39,10 @@ def build_config(model_args, tokenizer, block_size: int):
     return config
 
 
-def build_model(config, seed: int):
+def build_model(config, seed: int, weights: str | None = None):
+    """A randomly initialised model, or the safetensors weights of a finished checkpoint."""
+    if weights:
+        return AutoModelForCausalLM.from_pretrained(weights, config=config, use_safetensors=True)
     # TrainingArguments(seed=) does not seed the weights: seed before building so a run's init is reproducible.
     set_seed(seed)
     return AutoModelForCausalLM.from_config(config)
