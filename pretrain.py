@@ -6,7 +6,6 @@ Load the documents, split them, train (or load) a tokenizer, cut the text into t
 train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a sample continuation.
 """
 import json
-import os
 import sys
 import time
 import warnings
@@ -71,15 +70,9 @@ def prepare_data(data_args, model_args, builder: bool):
     return tok, datasets, meta
 
 
-def main(argv=None) -> int:
-    from zhpretrain import config
-
-    preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
-    print(f"preset: {preset}", flush=True)
+def setup(training_args):
+    """Check output_dir, and set up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs)."""
     import torch
-
-    from zhpretrain import model as modeling
-    from zhpretrain import tracking, train
 
     output_dir = Path(training_args.output_dir)
     try:
@@ -91,64 +84,113 @@ def main(argv=None) -> int:
     training_args.ddp_find_unused_parameters = False
     training_args.dataloader_pin_memory &= torch.cuda.is_available()
     training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
-    # Reading the device sets up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs).
-    device, world, rank = training_args.device, training_args.world_size, training_args.process_index
-    main_process = rank == 0
+    return output_dir, training_args.device
 
-    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
-    stats = {s: {k: v for k, v in meta["stats"][s].items()} for s in ("train", "test")}
-    line = "; ".join(f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
-                     f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)" for s, v in stats.items())
-    print(f"data: {line}", flush=True)
 
-    config = modeling.build_config(model_args, tok, data_args.block_size)
+def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
+    stats = {s: meta["stats"][s] for s in ("train", "test")}
+    print("data: " + "; ".join(f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
+                               f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)"
+                               for s, v in stats.items()), flush=True)
+    if main_process:
+        (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def build(model_args, training_args, tok, block_size: int):
+    """The model: random init, or the weights of a checkpoint that already finished. Returns (model, checkpoint, done)."""
+    from zhpretrain import model as modeling
+    from zhpretrain import train
+
+    config = modeling.build_config(model_args, tok, block_size)
     checkpoint = train.last_checkpoint(training_args.output_dir)
     done = train.finished_step(checkpoint)
     model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
     params = modeling.count_parameters(model)
-    print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters "
-          f"({params['embedding_parameters'] / 1e6:.2f}M embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
+    print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
+          f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
+    return model, params, checkpoint, done
 
+
+def batch_shape(training_args, block_size: int) -> dict:
+    world = training_args.world_size
     sequences = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
-    tokens_per_step = sequences * data_args.block_size
     print(f"global batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
-          f"accumulation x {world} processes = {sequences} sequences = {tokens_per_step:,} tokens per step", flush=True)
+          f"accumulation x {world} processes = {sequences} sequences = {sequences * block_size:,} tokens per step", flush=True)
+    return {"world_size": world, "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps, "sequences_per_step": sequences,
+            "block_size": block_size}
 
-    if main_process:
-        (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
-    run = tracking.start(run_args, training_args, main_process=main_process,
-                         config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
-                                 "training": training_args.to_dict(), "model_config": config.to_dict(), "data_stats": stats,
-                                 **params, "world_size": world, "tokens_per_step": tokens_per_step})
-    callbacks = [train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
-                                      enabled=not (training_args.fsdp or training_args.deepspeed))]
-    if run.callback is not None:
-        callbacks.append(run.callback)
-    bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
-    trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
 
+def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Path) -> bool:
+    """Train (resuming from checkpoint); False when a signal stopped the run after saving a checkpoint."""
     if done:
         print(f"{checkpoint} is already at the last step: evaluating, saving and sampling it", flush=True)
         trainer.state.global_step = done
-    else:
-        if checkpoint:
-            print(f"resuming from {checkpoint}", flush=True)
-        trainer.train(resume_from_checkpoint=checkpoint)
+        return True
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
+    stop.install()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.stopped_at is None:
+        return True
+    if trainer.is_world_process_zero():
+        print(f"stopped at step {stop.stopped_at}; checkpoint saved to {output_dir / f'checkpoint-{stop.stopped_at}'}. "
+              "Run the same command to continue.", flush=True)
+    return False
+
+
+def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens: int) -> None:
+    """Save final/ (safetensors), then load it back as a user would and continue the prompt."""
+    from zhpretrain import train
+
     step = trainer.state.global_step
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
         or trainer.evaluate()
-
     final = output_dir / "final"
     trainer.save_model(str(final))
-    if main_process:
+    if trainer.is_world_process_zero():
         print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
               f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
         from transformers import pipeline
 
-        generator = pipeline("text-generation", model=str(final), device=device)
-        sample = train.generate(generator.model, generator.tokenizer, run_args.prompt, run_args.max_new_tokens)
+        generator = pipeline("text-generation", model=str(final), device=trainer.args.device)
+        sample = train.generate(generator.model, generator.tokenizer, prompt, max_new_tokens)
         run.log_samples(step, [sample], label="sample", key="final_sample")
-    run.finish()
+
+
+def main(argv=None) -> int:
+    from zhpretrain import config, tracking, train
+
+    preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
+    print(f"preset: {preset}", flush=True)
+    output_dir, _ = setup(training_args)
+    main_process = training_args.process_index == 0
+
+    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
+    stats = describe_data(meta, output_dir, main_process)
+    model, params, checkpoint, done = build(model_args, training_args, tok, data_args.block_size)
+    shape = train.RunShape(batch_shape(training_args, data_args.block_size))
+    if checkpoint:
+        shape.check(checkpoint)
+
+    tokens_per_step = shape.shape["sequences_per_step"] * data_args.block_size
+    run = tracking.start(run_args, training_args, main_process=main_process,
+                         config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
+                                 "training": training_args.to_dict(), "model_config": model.config.to_dict(),
+                                 "data_stats": stats, **params, **shape.shape})
+    stop = train.GracefulStop()
+    samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
+                                   enabled=not (training_args.fsdp or training_args.deepspeed))  # sharded weights: no rank-0 generate
+    callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
+    bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
+    trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
+    try:
+        if not fit(trainer, stop, checkpoint, done, output_dir):
+            return 130
+        save_and_sample(trainer, output_dir, run, run_args.prompt, run_args.max_new_tokens)
+    finally:
+        run.finish()
     return 0
 
 

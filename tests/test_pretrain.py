@@ -4,7 +4,7 @@ import json
 import pytest
 
 import swanlab_log
-from conftest import REPO, run_pretrain, shared
+from conftest import run_pretrain, shared
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,18 @@
 """Assemble the Trainer: arguments, collator, metrics (perplexity, bits per byte, throughput), callbacks, checkpoints."""
 import json
 import math
+import os
 import re
+import signal
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, default_data_collator
+
+from .errors import UserError
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -19,6 +24,16 @@ class PretrainTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
         self._clock = None  # (time, global_step) of the last training log
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer would quietly replace a NaN loss in its logs by the running mean; stop before it is saved instead.
+        if not torch.isfinite(loss):
+            good = last_checkpoint(self.args.output_dir)
+            raise UserError(f"The training loss became {loss.item()} at step {self.state.global_step + 1}. Nothing was saved "
+                            f"after it; the last good checkpoint is {good or 'none (no checkpoint was written yet)'}. "
+                            "Lower --learning_rate or raise --warmup_steps, then run the same command to resume from it.")
+        return loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         now, step = time.perf_counter(), self.state.global_step
@@ -45,6 +60,81 @@ class SampleCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if self.enabled and state.is_world_process_zero and model is not None and self.prompts:
             self.sink(state.global_step, [generate(model, self.tokenizer, p, self.max_new_tokens) for p in self.prompts])
+
+
+class GracefulStop(TrainerCallback):
+    """Ctrl-C or SIGTERM: checkpoint at the end of the current step and stop, on every rank at the same step.
+
+    A second Ctrl-C exits at once. SIGTERM never does: torchrun forwards one after the terminal's SIGINT."""
+
+    def __init__(self):
+        self.requested, self.interrupts, self.stopped_at = False, 0, None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                print("\nsecond Ctrl-C: exiting now, without saving", file=sys.stderr, flush=True)
+                os._exit(130)
+        if not self.requested:
+            print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again exits at once)", file=sys.stderr, flush=True)
+        self.requested = True
+
+    def _anyone_requested(self, args) -> bool:
+        # Ranks may get the signal a step apart: agree on it, or one rank would wait forever in the next all-reduce.
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_requested(args):
+            control.should_save, control.should_training_stop = True, True
+            self.stopped_at = state.global_step
+
+
+class FiniteWeights(TrainerCallback):
+    """Before a checkpoint is written, make sure the weights are finite: a NaN gradient poisons them a step before the loss."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+            good = last_checkpoint(args.output_dir)
+            raise UserError(f"The weights became NaN or infinite at step {state.global_step}, so no checkpoint was written; "
+                            f"the last good checkpoint is {good or 'none (no checkpoint was written yet)'}. Lower --learning_rate, "
+                            "raise --warmup_steps or keep --max_grad_norm, then run the same command to resume from it.")
+
+
+class RunShape(TrainerCallback):
+    """Record the batch shape in each checkpoint, so a resume with another global batch is refused clearly."""
+
+    NAME = "zhpretrain_shape.json"
+
+    def __init__(self, shape: dict):
+        self.shape = shape
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.NAME
+            path.write_text(json.dumps(self.shape))
+
+    def check(self, checkpoint: str) -> None:
+        path = Path(checkpoint) / self.NAME
+        if not path.is_file():
+            return
+        old = json.loads(path.read_text())
+        # The data order and the schedule continue exactly when the global batch (sequences and their length) is the same,
+        # however it is split over processes, per-device batches and accumulation.
+        if (old["sequences_per_step"], old["block_size"]) != (self.shape["sequences_per_step"], self.shape["block_size"]):
+            describe = lambda s: (f"{s['world_size']} processes x {s['per_device_train_batch_size']} per device x "  # noqa: E731
+                                  f"{s['gradient_accumulation_steps']} accumulation = {s['sequences_per_step']} sequences of {s['block_size']} tokens")
+            raise UserError(f"{checkpoint} was written with {describe(old)} per step; this run has {describe(self.shape)}. "
+                            "Resume with the same global batch (change --per_device_train_batch_size or "
+                            "--gradient_accumulation_steps to match) and block_size, or start a new --output_dir.")
 
 
 @torch.no_grad()
