@@ -104,7 +104,7 @@ def build(model_args, training_args, tok, block_size: int):
 
     config = modeling.build_config(model_args, tok, block_size)
     checkpoint = train.last_checkpoint(training_args.output_dir)
-    done = train.finished_step(checkpoint)
+    done = train.finished_step(checkpoint, training_args.max_steps)
     model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `pytest` as well as `python -m pytest` finds pretrain.py and the package
 SHARED = REPO.parent / "shared" / "data"
 DEMO = REPO / "data" / "demo-zhwiki.jsonl"
 

@@ -167,12 +167,13 @@ def last_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def finished_step(checkpoint: str | None) -> int | None:
-    """The step of a checkpoint already at its run's last step (the Trainer would train one step more on resume)."""
+def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
+    """The step of a checkpoint already at this run's last step (the Trainer would train one step more on resume)."""
     if not checkpoint:
         return None
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return state["global_step"] if 0 < state["max_steps"] <= state["global_step"] else None
+    last = max_steps if max_steps > 0 else state["max_steps"]  # epoch-based runs: the total the Trainer computed then
+    return state["global_step"] if 0 < last <= state["global_step"] else None
 
 
 def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int):

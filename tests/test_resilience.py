@@ -1,0 +1,121 @@
+"""Never lose a run: exact resume after SIGKILL, partial checkpoints skipped, clean stop on signals, NaN stops."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_pretrain
+
+TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--logging_steps", 5,
+        "--swanlab_mode", "disabled", "--dataloader_num_workers", 0]
+
+
+def common(tmp: Path, out: str, steps: int = 30, save: int = 10):
+    return [*TINY, "--max_steps", steps, "--save_steps", save, "--eval_steps", steps, "--output_dir", tmp / out,
+            "--cache_dir", tmp / "cache"]
+
+
+def start(args, cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"process ended before {path} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def final_eval_loss(out: Path) -> float:
+    states = sorted(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return [h for h in json.loads(states[-1].read_text())["log_history"] if "eval_loss" in h][-1]["eval_loss"]
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    straight = run_pretrain(*common(tmp_path, "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stdout[-3000:]
+
+    proc = start(common(tmp_path, "killed"), tmp_path)
+    wait_for(tmp_path / "killed" / "checkpoint-10" / "trainer_state.json", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    # A checkpoint the dying process was still writing: weights there, trainer_state.json not yet.
+    partial = tmp_path / "killed" / "checkpoint-15"
+    partial.mkdir(exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"half")
+
+    resumed = run_pretrain(*common(tmp_path, "killed"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "checkpoint-15 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
+    assert "checkpoint-10" in resumed.stdout.split("resuming from")[1].splitlines()[0]
+    assert abs(final_eval_loss(tmp_path / "killed") - final_eval_loss(tmp_path / "straight")) < 1e-4
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
+    proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
+    wait_for(tmp_path / "out" / "data_stats.json", proc)
+    time.sleep(4)  # well into training
+    sent = time.time()
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert time.time() - sent < 20 and "Traceback" not in out
+    step = int(out.split("stopped at step ")[1].split(";")[0])
+    checkpoint = tmp_path / "out" / f"checkpoint-{step}"
+    assert step > 0 and json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert "Run the same command to continue" in out
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    # 40 micro-batches per step: the first Ctrl-C waits seconds for the step to end, and the second one cuts it short.
+    proc = start([*common(tmp_path, "out", steps=100000, save=100000), "--gradient_accumulation_steps", 40], tmp_path)
+    wait_for(tmp_path / "out" / "data_stats.json", proc)
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.5)  # two signals sent back to back coalesce into one: a person presses twice
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    # A huge learning rate without clipping: the weights turn NaN at step 2.
+    args = [*common(tmp_path, "out", steps=12, save=1), "--learning_rate", 1e4, "--max_grad_norm", 0, "--warmup_steps", 0]
+    proc = run_pretrain(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout
+    assert "became NaN or infinite at step 2" in proc.stdout and "checkpoint-1" in proc.stdout
+    weights = load_file(tmp_path / "out" / "checkpoint-1" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_path):
+    first = run_pretrain(*common(tmp_path, "out", steps=5, save=5), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:]
+    digest = hashlib.sha256((tmp_path / "out" / "checkpoint-5" / "model.safetensors").read_bytes()).hexdigest()
+    again = run_pretrain(*common(tmp_path, "out", steps=10, save=5), "--per_device_train_batch_size", 4, cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stdout
+    assert "1 processes x 8 per device x 1 accumulation = 8 sequences of 64 tokens" in again.stdout
+    assert "1 processes x 4 per device x 1 accumulation = 4 sequences" in again.stdout
+    assert hashlib.sha256((tmp_path / "out" / "checkpoint-5" / "model.safetensors").read_bytes()).hexdigest() == digest
+    # The same global batch split differently (4 x 2 accumulation) resumes.
+    same = run_pretrain(*common(tmp_path, "out", steps=10, save=5), "--per_device_train_batch_size", 4,
+                        "--gradient_accumulation_steps", 2, cwd=tmp_path)
+    assert same.returncode == 0 and "resuming from" in same.stdout, same.stdout[-3000:]
