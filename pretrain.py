@@ -6,6 +6,7 @@ Load the documents, split them, train (or load) a tokenizer, cut the text into t
 train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a sample continuation.
 """
 import json
+import os
 import sys
 import time
 import warnings
@@ -77,8 +78,9 @@ def setup(training_args):
     output_dir = Path(training_args.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / ".write-test").touch()
-        (output_dir / ".write-test").unlink()
+        probe = output_dir / f".write-test-{os.getpid()}"  # one per process: ranks share output_dir
+        probe.touch()
+        probe.unlink()
     except OSError as e:
         raise UserError(f"output_dir '{output_dir}' cannot be written ({e.strerror}). Choose another --output_dir.") from None
     training_args.ddp_find_unused_parameters = False
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
                                  "data_stats": stats, **params, **shape.shape})
     stop = train.GracefulStop()
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
-                                   enabled=not (training_args.fsdp or training_args.deepspeed))  # sharded weights: no rank-0 generate
+                                   enabled=not train.sharded(training_args))
     callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)

@@ -152,6 +152,12 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def sharded(args) -> bool:
+    """FSDP or DeepSpeed, from the arguments or from an accelerate config: weights are split, so no rank-0-only generate."""
+    env = any(os.environ.get(v, "false").lower() == "true" for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    return bool(args.fsdp or args.deepspeed or env)
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is complete; older ones are skipped."""
     folder = Path(output_dir)
