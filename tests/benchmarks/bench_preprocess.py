@@ -1,0 +1,93 @@
+"""Benchmark preprocessing: the end-to-end rate of building the token blocks from a file (read, parse, tokenize, pack,
+write) against the tokenizer alone encoding the same texts in one batched call. Prints and writes JSON with the
+commit, date, hardware and library versions.
+
+    python tests/benchmarks/bench_preprocess.py ../shared/data/zhwiki-sample.jsonl [--out result.json]
+
+Peak memory of the whole preprocessing (tokenizer training included) is measured around `--prepare-only`:
+
+    /usr/bin/time -v python tests/benchmarks/bench_preprocess.py FILE --prepare-only --cache_dir /tmp/c
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from zhpretrain import blocks, data, tokenizer  # noqa: E402
+from zhpretrain.config import DataArguments, ModelArguments  # noqa: E402
+
+
+def environment() -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file")
+    parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--block_size", type=int, default=512)
+    parser.add_argument("--tokenizer_train_max_chars", type=int, default=ModelArguments.tokenizer_train_max_chars)
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--prepare-only", action="store_true", help="run the whole preprocessing once and stop (for /usr/bin/time -v)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="bench-"))
+    data_args = DataArguments(train_file=args.file, block_size=args.block_size, cache_dir=str(cache))
+    model_args = ModelArguments(tokenizer_vocab_size=args.vocab_size, tokenizer_train_max_chars=args.tokenizer_train_max_chars)
+
+    if args.prepare_only:
+        import pretrain
+
+        start = time.perf_counter()
+        tok, datasets, meta = pretrain.prepare_data(data_args, model_args, builder=True)
+        print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "stats": meta["stats"]}))
+        return
+
+    source = {"files": data.fingerprint(data.find_files(args.file))}
+    folder = tokenizer.cache_folder(cache, source, model_args)
+    if not folder.exists():
+        tokenizer.train_and_save((t for _, t in data.documents(data_args, data.ReadStats(), "train")), model_args, folder)
+    tok = tokenizer.load(str(folder))
+
+    # The tokenizer alone: every text already in memory, one batched call.
+    texts = [t for _, t in data.documents(data_args, data.ReadStats())]
+    chars = sum(map(len, texts))
+    start = time.perf_counter()
+    encoded = tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    alone = time.perf_counter() - start
+    tokens = sum(len(e.ids) for e in encoded)
+    del encoded, texts
+
+    # End to end: read and parse the file, split, tokenize, pack, write the blocks.
+    stats = data.ReadStats()
+    start = time.perf_counter()
+    blocks.build(data.documents(data_args, stats), tok, args.block_size, cache / "bench-blocks", stats.bytes)
+    pipeline = time.perf_counter() - start
+
+    result = {**environment(), "file": args.file, "bytes": os.path.getsize(args.file), "characters": chars, "tokens": tokens,
+              "tokenizer_alone_chars_per_s": round(chars / alone), "pipeline_chars_per_s": round(chars / pipeline),
+              "tokenizer_alone_s": round(alone, 2), "pipeline_s": round(pipeline, 2), "ratio": round(alone / pipeline, 3)}
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
