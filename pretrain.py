@@ -32,7 +32,9 @@ def once(folder: Path, build, builder: bool) -> None:
 
 
 def prepare_data(data_args, model_args, builder: bool):
-    """Documents -> train | test -> tokenizer -> token blocks (all cached): return (tokenizer, datasets, meta)."""
+    """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
+    import torch
+
     from zhpretrain import blocks, data, tokenizer
 
     cache = data_args.cache_root()
@@ -53,6 +55,18 @@ def prepare_data(data_args, model_args, builder: bool):
         tok, how = tokenizer.load(str(folder)), f"byte-level BPE from {folder}"
     print(f"tokenizer: {len(tok):,} tokens ({how})", flush=True)
 
+    if data_args.streaming:
+        from zhpretrain import stream
+
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        test, test_stats = stream.eval_blocks(data_args, tok, data_args.max_eval_samples or 256)
+        if not test:
+            raise UserError(f"The evaluation split has {test_stats['tokens']:,} tokens in {test_stats['documents']:,} documents, "
+                            f"fewer than one block of {data_args.block_size}. Raise --validation_split_percentage, give a "
+                            "--validation_file, or lower --block_size.")
+        meta = {"stats": {"train": {"streaming": True}, "test": test_stats}}
+        return tok, {"train": stream.StreamingBlocks(data_args, tok, rank, world), "test": test}, meta
+
     folder = blocks.cache_folder(cache, {**source, "tokenizer": blocks.tokenizer_digest(tok), "block_size": data_args.block_size})
     stats = data.ReadStats()
     once(folder, lambda: blocks.build(data.documents(data_args, stats), tok, data_args.block_size, folder, stats.bytes), builder)
@@ -68,6 +82,8 @@ def prepare_data(data_args, model_args, builder: bool):
     if len(datasets["train"]) == 0:
         raise UserError(f"The training split has {meta['stats']['train']['tokens']:,} tokens, fewer than one block of "
                         f"{data_args.block_size}. Give more data or lower --block_size.")
+    if data_args.max_eval_samples:
+        datasets["test"] = torch.utils.data.Subset(datasets["test"], range(min(data_args.max_eval_samples, len(datasets["test"]))))
     return tok, datasets, meta
 
 
@@ -91,7 +107,8 @@ def setup(training_args):
 
 def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
     stats = {s: meta["stats"][s] for s in ("train", "test")}
-    print("data: " + "; ".join(f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
+    print("data: " + "; ".join(f"{s}: streamed from the files" if v.get("streaming") else
+                               f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
                                f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)"
                                for s, v in stats.items()), flush=True)
     if main_process:
@@ -114,14 +131,14 @@ def build(model_args, training_args, tok, block_size: int):
     return model, params, checkpoint, done
 
 
-def batch_shape(training_args, block_size: int) -> dict:
+def batch_shape(training_args, block_size: int, streaming: bool) -> dict:
     world = training_args.world_size
     sequences = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
     print(f"global batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
           f"accumulation x {world} processes = {sequences} sequences = {sequences * block_size:,} tokens per step", flush=True)
     return {"world_size": world, "per_device_train_batch_size": training_args.per_device_train_batch_size,
             "gradient_accumulation_steps": training_args.gradient_accumulation_steps, "sequences_per_step": sequences,
-            "block_size": block_size}
+            "block_size": block_size, "streaming": streaming}
 
 
 def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Path) -> bool:
@@ -162,7 +179,7 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
 
 
 def main(argv=None) -> int:
-    from zhpretrain import config, tracking, train
+    from zhpretrain import config, stream, tracking, train
 
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
@@ -172,9 +189,13 @@ def main(argv=None) -> int:
     tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
     stats = describe_data(meta, output_dir, main_process)
     model, params, checkpoint, done = build(model_args, training_args, tok, data_args.block_size)
-    shape = train.RunShape(batch_shape(training_args, data_args.block_size))
+    shape = train.RunShape(batch_shape(training_args, data_args.block_size, data_args.streaming))
     if checkpoint:
         shape.check(checkpoint)
+    if data_args.streaming:
+        training_args.ignore_data_skip = True  # the stream restores its own position: no replay of skipped batches
+        if checkpoint and not done:
+            datasets["train"].load_state_dict(stream.load_position(checkpoint, training_args.process_index))
 
     tokens_per_step = shape.shape["sequences_per_step"] * data_args.block_size
     run = tracking.start(run_args, training_args, main_process=main_process,
@@ -185,6 +206,8 @@ def main(argv=None) -> int:
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
                                    enabled=not train.sharded(training_args))
     callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
+    if data_args.streaming:
+        callbacks.append(train.StreamPosition(datasets["train"], training_args.process_index))
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
     try:

@@ -12,7 +12,7 @@ DOCS = [{"id": str(i), "title": f"t{i}", "tags": "", "text": f"第{i}篇文章�
 
 def texts(files, **kw):
     stats = data.ReadStats()
-    return list(data.read_texts(files, kw.pop("column", None), kw.pop("skip", False), stats)), stats
+    return [t for t, *_ in data.read_texts(files, kw.pop("column", None), kw.pop("skip", False), stats)], stats
 
 
 def test_jsonl_and_json_array_read_the_same_records(tmp_path):
@@ -97,3 +97,31 @@ def test_split_by_document_count_and_validation_file(data_args, tmp_path):
     docs = list(data.documents(data_args(train_file=str(DEMO), validation_file=str(val)), data.ReadStats()))
     assert [t for s, t in docs if s == "test"] == ["验证。"]
     assert sum(s == "train" for s, _ in docs) == sum(1 for _ in open(DEMO, encoding="utf-8"))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "txt"])
+def test_reading_resumes_at_any_yielded_position(tmp_path, monkeypatch, fmt):
+    monkeypatch.setattr(data, "CHUNK", 256)
+    docs = [d["text"].replace("\u2028", "，") + "数" * (i * 37 % 300) for i, d in enumerate(DOCS)]
+    files = []
+    for part in range(2):
+        chunk = docs[part * 25:(part + 1) * 25]
+        path = tmp_path / f"p{part}.{fmt}"
+        if fmt == "jsonl":
+            write_jsonl(path, [{"text": t} for t in chunk])
+        elif fmt == "json":
+            path.write_text(json.dumps([{"text": t} for t in chunk], ensure_ascii=False, indent=2), encoding="utf-8")
+        elif fmt == "txt":
+            path.write_text("\n\n".join(chunk) + "\n", encoding="utf-8")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"text": chunk}), path, row_group_size=7)
+        files.append(str(path))
+    everything = list(data.read_texts(files, None, False, data.ReadStats()))
+    assert [t for t, *_ in everything] == docs
+    for k in (1, 13, 25, 38, 49):
+        _, index, offset = everything[k]
+        again = list(data.read_texts(files, None, False, data.ReadStats(), position=(index, offset)))
+        assert again == everything[k:]

@@ -52,7 +52,8 @@ def fingerprint(paths: list[str]) -> list:
     return [[os.path.abspath(p), os.path.getsize(p), int(os.stat(p).st_mtime_ns)] for p in paths]
 
 
-# ---- readers: each yields (where, record) with `where` naming the file and line for error messages ----
+# ---- readers: each yields (where, record, offset): `where` names the file and line for error messages, and `offset`
+# is where the record starts (a byte offset; a row for parquet), so a stream can later resume there with a seek.
 
 def _bad(where: str, what: str, skip: bool, stats: ReadStats) -> None:
     if not skip:
@@ -66,35 +67,45 @@ def _first_char(path: str) -> bytes:
     return head[:1]
 
 
-def _json_lines(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def _json_lines(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     # Split on b"\n" only: the corpus holds raw U+2028 inside texts, which str.splitlines() would cut.
-    offset = 0
+    offset = start
     with open(path, "rb") as f:
+        f.seek(start)
         for number, raw in enumerate(f, 1):
-            start, offset = offset, offset + len(raw)
-            if number == 1:
+            begin, offset = offset, offset + len(raw)
+            where = f"{path}: line {number}" if start == 0 else f"{path}: line at byte offset {begin}"
+            if begin == 0:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                _bad(f"{path}: line {number}", f"invalid UTF-8 at byte offset {start + e.start}", skip, stats)
+                _bad(where, f"invalid UTF-8 at byte offset {begin + e.start}", skip, stats)
                 continue
             try:
-                yield f"{path}: line {number}", json.loads(line)
+                yield where, json.loads(line), begin
             except json.JSONDecodeError as e:
-                _bad(f"{path}: line {number}", f"malformed JSON ({e.msg} at column {e.colno})", skip, stats)
+                _bad(where, f"malformed JSON ({e.msg} at column {e.colno})", skip, stats)
 
 
-def _json_array(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def _json_array(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     # datasets' json builder parses a whole array at once (2 GB of RAM for a 200 MB file); this reads it a
-    # chunk at a time and decodes one element at a time with the standard library's raw_decode.
+    # chunk at a time and decodes one element at a time with the standard library's raw_decode. A start > 0 is the
+    # byte offset of an element, as yielded before.
     decoder, scanner = codecs.getincrementaldecoder("utf-8")(), json.JSONDecoder()
-    buf, i, line_base, read, eof = "", 0, 1, 0, False
+    buf, i, read, eof = "", 0, start, False
+    cursor = [0, start, 1]  # a character index in buf, its byte offset in the file and its line, advanced as elements are read
+
+    def advance(pos: int) -> int:
+        cursor[1] += len(buf[cursor[0]:pos].encode("utf-8"))
+        cursor[2] += buf.count("\n", cursor[0], pos)
+        cursor[0] = pos
+        return cursor[1]
 
     def more() -> None:
-        nonlocal buf, i, line_base, read, eof
+        nonlocal buf, i, read, eof
         chunk = f.read(CHUNK)
         pending = len(decoder.getstate()[0])
         try:
@@ -103,11 +114,12 @@ def _json_array(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, 
             raise UserError(f"{path}: invalid UTF-8 at byte offset {read - pending + e.start}. Re-encode the file as UTF-8.") from None
         read += len(chunk)
         eof = not chunk
-        line_base += buf.count("\n", 0, i)
-        buf, i = buf[i:] + text, 0
+        advance(i)
+        buf, i, cursor[0] = buf[i:] + text, 0, 0
 
     def where(pos: int) -> str:
-        return f"{path}: line {line_base + buf.count(chr(10), 0, pos)}"
+        advance(pos)
+        return f"{path}: element at byte offset {cursor[1]}" if start else f"{path}: line {cursor[2]}"
 
     def skip_space() -> str:
         nonlocal i
@@ -119,9 +131,11 @@ def _json_array(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, 
             more()
 
     with open(path, "rb") as f:
-        if skip_space() != "[":
-            raise UserError(f"{where(i)}: expected a JSON array ('[') or JSON Lines.")
-        i += 1
+        f.seek(start)
+        if not start:
+            if skip_space() != "[":
+                raise UserError(f"{where(i)}: expected a JSON array ('[') or JSON Lines.")
+            i += 1
         first = True
         while True:
             c = skip_space()
@@ -145,13 +159,13 @@ def _json_array(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, 
                         raise UserError(f"{where(e.pos)}: the JSON array is truncated or malformed ({e.msg}). "
                                         "Re-download or repair the file.") from None
                     more()
-            yield where(i), obj
+            yield where(i), obj, cursor[1]
             i = end
             if not eof and len(buf) - i < CHUNK // 2:
                 more()
 
 
-def _parquet(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def _parquet(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     import pyarrow.parquet as pq
 
     try:
@@ -160,61 +174,70 @@ def _parquet(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, obj
         raise UserError(f"{path}: not a readable parquet file ({e}).") from None
     row = 0
     for batch in table.iter_batches(batch_size=1024):
+        if row + batch.num_rows <= start:  # resuming: whole batches before the start are skipped undecoded
+            row += batch.num_rows
+            continue
         for record in batch.to_pylist():
             row += 1
-            yield f"{path}: row {row}", record
+            if row > start:
+                yield f"{path}: row {row}", record, row - 1
 
 
-def _txt(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def _txt(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     # A .txt file holds documents separated by blank lines.
-    lines, start = [], 1
+    lines, begin, offset = [], start, start
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        f.seek(start)
+        for raw in f:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                raise UserError(f"{path}: line {number}: invalid UTF-8 (byte {e.start} of the line). Re-encode the file as UTF-8.") from None
+                raise UserError(f"{path}: invalid UTF-8 at byte offset {offset + e.start}. Re-encode the file as UTF-8.") from None
+            offset += len(raw)
             if line.strip():
                 lines.append(line)
             elif lines:
-                yield f"{path}: line {start}", {"text": "\n".join(lines)}
+                yield f"{path}: document at byte offset {begin}", {"text": "\n".join(lines)}, begin
                 lines = []
             if not lines:
-                start = number + 1
+                begin = offset
         if lines:
-            yield f"{path}: line {start}", {"text": "\n".join(lines)}
+            yield f"{path}: document at byte offset {begin}", {"text": "\n".join(lines)}, begin
 
 
-def _records(path: str, skip: bool, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def _records(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     if path.endswith(".parquet"):
-        return _parquet(path, skip, stats)
+        return _parquet(path, skip, stats, start)
     if path.endswith(".txt"):
-        return _txt(path, skip, stats)
+        return _txt(path, skip, stats, start)
     first = _first_char(path)
     if not first:
         raise UserError(f"{path} is empty. Remove it from the data or point train_file elsewhere.")
-    return _json_array(path, skip, stats) if first == b"[" else _json_lines(path, skip, stats)
+    return _json_array(path, skip, stats, start) if first == b"[" else _json_lines(path, skip, stats, start)
 
 
-def _hub_records(name: str, config: str | None) -> Iterator[tuple[str, object]]:
+def _hub_records(name: str, config: str | None, start: int = 0) -> Iterator[tuple[str, object, int]]:
     import datasets
 
     try:
         stream = datasets.load_dataset(name, config, split="train", streaming=True)
-        for row, record in enumerate(stream, 1):
-            yield f"{name}: row {row}", record
+        for row, record in enumerate(stream.skip(start) if start else stream, start):
+            yield f"{name}: row {row + 1}", record, row
     except (ConnectionError, OSError, ValueError) as e:
         raise UserError(f"Could not load dataset '{name}' from the Hugging Face hub ({type(e).__name__}). "
                         "Without network, download the files (Hugging Face or ModelScope) and pass --train_file PATH.") from None
 
 
 def read_texts(source: list[str] | str, text_column: str | None, skip: bool, stats: ReadStats,
-               config: str | None = None) -> Iterator[str]:
-    """Yield the non-empty texts of every record of the files (or hub dataset id) in order."""
-    sources = [(p, _records(p, skip, stats)) for p in source] if isinstance(source, list) else [(source, _hub_records(source, config))]
-    for name, records in sources:
-        column = text_column
-        for where, record in records:
+               config: str | None = None, position: tuple[int, int] = (0, 0)) -> Iterator[tuple[str, int, int]]:
+    """Yield (text, file index, offset) for every non-empty text of the files (or hub dataset id), in order,
+    starting at position = (file index, offset of a record in it)."""
+    names = source if isinstance(source, list) else [source]
+    for index in range(position[0], len(names)):
+        start = position[1] if index == position[0] else 0
+        records = _records(names[index], skip, stats, start) if isinstance(source, list) else _hub_records(source, config, start)
+        column, seen = text_column, 0
+        for where, record, offset in records:
             if not isinstance(record, dict):
                 _bad(where, f"expected a JSON object, found {type(record).__name__}", skip, stats)
                 continue
@@ -229,13 +252,13 @@ def read_texts(source: list[str] | str, text_column: str | None, skip: bool, sta
             if text is not None and not isinstance(text, str):
                 _bad(where, f"'{column}' is a {type(text).__name__}, not a string", skip, stats)
                 continue
-            stats.records += 1
+            stats.records, seen = stats.records + 1, seen + 1
             if not text or not text.strip():
                 stats.empty += 1
                 continue
-            yield text
-        if stats.records == 0 and isinstance(source, list) and len(source) == 1:
-            raise UserError(f"{name} holds no records. Check that it is the right file.")
+            yield text, index, offset
+        if seen == 0 and start == 0 and isinstance(source, list) and len(source) == 1:
+            raise UserError(f"{names[index]} holds no records. Check that it is the right file.")
 
 
 class Split:
@@ -264,11 +287,11 @@ def documents(args, stats: ReadStats, split_name: str | None = None) -> Iterator
     read = lambda src, st: read_texts(src, args.text_column, args.skip_bad_records, st, args.dataset_config_name)  # noqa: E731
     if args.validation_file:
         if split_name != "test":
-            for text in read(source, stats):
+            for text, *_ in read(source, stats):
                 stats.bytes["train"] += len(text.encode())
                 yield "train", text
         if split_name != "train":
-            for text in read(find_files(args.validation_file, "validation_file"), ReadStats()):
+            for text, *_ in read(find_files(args.validation_file, "validation_file"), ReadStats()):
                 stats.bytes["test"] += len(text.encode())
                 yield "test", text
         return
@@ -276,7 +299,7 @@ def documents(args, stats: ReadStats, split_name: str | None = None) -> Iterator
     if args.validation_split_documents is not None:
         total = sum(1 for _ in read(source, ReadStats()))
     split = Split(args.split_seed, args.validation_split_percentage, args.validation_split_documents, total)
-    for ordinal, text in enumerate(read(source, stats)):
+    for ordinal, (text, *_) in enumerate(read(source, stats)):
         name = "test" if split.is_test(ordinal) else "train"
         if split_name in (None, name):
             stats.bytes[name] += len(text.encode())

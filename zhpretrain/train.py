@@ -25,6 +25,16 @@ class PretrainTrainer(Trainer):
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
         self._clock = None  # (time, global_step) of the last training log
 
+    def get_train_dataloader(self):
+        from .stream import StreamingBlocks
+
+        if not isinstance(self.train_dataset, StreamingBlocks):
+            return super().get_train_dataloader()
+        # The stream is already sharded by rank: accelerate's prepare() would shard it a second time and drop half.
+        # No workers: the position lives in this process, and the Rust tokenizer uses every core anyway.
+        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
+                                           collate_fn=self.data_collator, num_workers=0)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The Trainer would quietly replace a NaN loss in its logs by the running mean; stop before it is saved instead.
@@ -109,6 +119,20 @@ class FiniteWeights(TrainerCallback):
                             "raise --warmup_steps or keep --max_grad_norm, then run the same command to resume from it.")
 
 
+class StreamPosition(TrainerCallback):
+    """Write each rank's stream position into a checkpoint before the Trainer writes the rest (and trainer_state.json last)."""
+
+    def __init__(self, dataset, rank: int):
+        self.dataset, self.rank = dataset, rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            from .stream import save_position
+
+            consumed = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            save_position(self.dataset, Path(args.output_dir) / f"checkpoint-{state.global_step}", consumed, self.rank)
+
+
 class RunShape(TrainerCallback):
     """Record the batch shape in each checkpoint, so a resume with another global batch is refused clearly."""
 
@@ -127,6 +151,11 @@ class RunShape(TrainerCallback):
         if not path.is_file():
             return
         old = json.loads(path.read_text())
+        keys = ("world_size", "per_device_train_batch_size", "gradient_accumulation_steps", "block_size")
+        if self.shape.get("streaming") and any(old[k] != self.shape[k] for k in keys):
+            raise UserError(f"{checkpoint} was written by a streaming run with " + ", ".join(f"{k}={old[k]}" for k in keys) +
+                            "; each rank's stream position depends on all of them. Resume with the same values, "
+                            "or start a new --output_dir.")
         # The data order and the schedule continue exactly when the global batch (sequences and their length) is the same,
         # however it is split over processes, per-device batches and accumulation.
         if (old["sequences_per_step"], old["block_size"]) != (self.shape["sequences_per_step"], self.shape["block_size"]):

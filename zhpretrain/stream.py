@@ -1,0 +1,138 @@
+"""Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position."""
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .errors import UserError
+
+BATCH_DOCS = 64  # documents per tokenizer call; a resume re-tokenizes at most one such batch
+HISTORY = 4096  # positions remembered, keyed by blocks yielded: enough for any batch the Trainer has not yet consumed
+
+
+def _check(args) -> None:
+    if args.validation_split_documents is not None:
+        raise UserError("streaming: true takes validation_split_percentage (or a validation_file), not validation_split_documents.")
+
+
+def _encode(tokenizer, texts: list[str]) -> np.ndarray:
+    eos = tokenizer.eos_token_id
+    ids = [e.ids + [eos] for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return np.fromiter((t for doc in ids for t in doc), dtype=np.int64, count=sum(map(len, ids)))
+
+
+class StreamingBlocks(torch.utils.data.IterableDataset):
+    """Training blocks read, tokenized and packed lazily from the files, forever (epoch after epoch).
+
+    Rank r of w keeps the training documents whose ordinal is r mod w: the stream is sharded once, here; each rank
+    parses every record but tokenizes only its share. After every block it remembers where to resume (the start of the
+    current tokenizer batch, the tokens carried into it, and how many of its blocks were used), so a checkpoint restores
+    the position with a file seek instead of re-reading everything before it."""
+
+    def __init__(self, args, tokenizer, rank: int = 0, world: int = 1):
+        _check(args)
+        self.args, self.tokenizer, self.rank, self.world = args, tokenizer, rank, world
+        self.files = args.dataset_name or data.find_files(args.train_file)
+        self.split = data.Split(args.split_seed, args.validation_split_percentage)
+        self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "carry": [], "skip": 0}
+        self.history = OrderedDict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)
+
+    def state_dict(self, blocks: int) -> dict:
+        """The position after `blocks` blocks in all (the Trainer's count, not ours: the loader may read ahead)."""
+        if blocks == self.state["blocks"]:
+            return dict(self.state)
+        if blocks not in self.history:
+            raise RuntimeError(f"stream position after {blocks} blocks is no longer known")
+        return self.history[blocks]
+
+    def _batches(self, file: int, offset: int, ordinal: int):
+        """Yield ((file, offset, ordinal) where the batch starts, this rank's training texts in it)."""
+        start, texts = None, []
+        stream = data.read_texts(self.files, self.args.text_column, self.args.skip_bad_records, data.ReadStats(),
+                                 self.args.dataset_config_name, position=(file, offset))
+        for text, index, where in stream:
+            start = start or (index, where, ordinal)
+            if ordinal % self.world == self.rank and not (self.args.validation_file is None and self.split.is_test(ordinal)):
+                texts.append(text)
+            ordinal += 1
+            if len(texts) == BATCH_DOCS:
+                yield start, texts
+                start, texts = None, []
+        if texts:
+            yield start, texts
+
+    def __iter__(self):
+        size, s = self.args.block_size, self.state
+        blocks, epoch, carry, skip = s["blocks"], s["epoch"], np.array(s["carry"], dtype=np.int64), s["skip"]
+        position = (s["file"], s["offset"], s["ordinal"])
+        while True:
+            produced, whole_epoch = False, position == (0, 0, 0)
+            for (file, offset, ordinal), texts in self._batches(*position):
+                tokens = np.concatenate([carry, _encode(self.tokenizer, texts)])
+                for b in range(skip, len(tokens) // size):
+                    produced, blocks = True, blocks + 1
+                    self.history[blocks] = {"blocks": blocks, "epoch": epoch, "file": file, "offset": offset,
+                                            "ordinal": ordinal, "carry": carry.tolist(), "skip": b + 1}
+                    if len(self.history) > HISTORY:
+                        self.history.popitem(last=False)
+                    ids = torch.from_numpy(tokens[b * size:(b + 1) * size].copy())
+                    yield {"input_ids": ids, "labels": ids}
+                carry, skip = tokens[len(tokens) // size * size:], 0
+            if whole_epoch and not produced:
+                raise UserError(f"Rank {self.rank} of {self.world} found no training text for a single block of {size} tokens "
+                                "in the stream. Give more data or lower --block_size.")
+            epoch, position = epoch + 1, (0, 0, 0)  # the next epoch reads the files again from the start
+
+
+def eval_blocks(args, tokenizer, max_blocks: int):
+    """The fixed evaluation set: the held-out documents from the start of the stream (or the validation files),
+    packed into at most max_blocks blocks and kept in memory. Returns (blocks, stats)."""
+    _check(args)
+    if args.validation_file:
+        source, split = data.find_files(args.validation_file, "validation_file"), None
+    else:
+        source, split = args.dataset_name or data.find_files(args.train_file), data.Split(args.split_seed, args.validation_split_percentage)
+    texts, tokens, pieces, stats = [], 0, [], {"documents": 0, "tokens": 0, "bytes": 0}
+
+    def flush():
+        nonlocal texts, tokens
+        pieces.append(_encode(tokenizer, texts))
+        tokens += len(pieces[-1])
+        stats["documents"] += len(texts)
+        stats["bytes"] += sum(len(t.encode()) for t in texts)
+        texts = []
+
+    for ordinal, (text, *_) in enumerate(data.read_texts(source, args.text_column, args.skip_bad_records, data.ReadStats(),
+                                                         args.dataset_config_name)):
+        if split is None or split.is_test(ordinal):
+            texts.append(text)
+            if len(texts) == BATCH_DOCS:
+                flush()
+                if tokens >= max_blocks * args.block_size:
+                    break
+    if texts:
+        flush()
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    n = min(len(flat) // args.block_size, max_blocks)
+    stats.update(tokens=len(flat), blocks=n, tokens_in_blocks=n * args.block_size)
+    rows = torch.from_numpy(flat[:n * args.block_size].reshape(n, args.block_size).copy())
+    return [{"input_ids": r, "labels": r} for r in rows], stats
+
+
+def save_position(dataset: StreamingBlocks, checkpoint: Path, blocks: int, rank: int) -> None:
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / f"stream_rank{rank}.json").write_text(json.dumps(dataset.state_dict(blocks)))
+
+
+def load_position(checkpoint: str, rank: int) -> dict:
+    path = Path(checkpoint) / f"stream_rank{rank}.json"
+    if not path.is_file():
+        raise UserError(f"{checkpoint} has no stream position for rank {rank} ({path.name}): it was written by a run that "
+                        "was not streaming, or with fewer processes. Resume it the way it was started, or use a new --output_dir.")
+    return json.loads(path.read_text())
