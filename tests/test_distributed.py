@@ -69,3 +69,12 @@ def test_ranks_train_on_disjoint_blocks(runs, tmp_path):
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == len(rank1) == 24
     assert not set(rank0) & set(rank1)
+
+
+def test_two_process_streaming_run_saves_each_ranks_position(tmp_path):
+    proc = launch(REPO / "pretrain.py", *COMMON, "--streaming", "true", "--per_device_train_batch_size", 4, "--save_steps", 4,
+                  "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "train: streamed from the files" in proc.stdout and (tmp_path / "out" / "final" / "model.safetensors").is_file()
+    positions = [json.loads((tmp_path / "out" / "checkpoint-8" / f"stream_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["blocks"] for p in positions] == [32, 32]  # 8 steps x 4 blocks on each rank
