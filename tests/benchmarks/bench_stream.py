@@ -1,0 +1,74 @@
+"""Benchmark streaming: how long a resume takes at an early and at a late position of a file (seek, then re-tokenize
+at most one batch) against replaying the stream up to that position, which is what the Trainer does by default.
+
+    python tests/benchmarks/bench_stream.py ../shared/data/zhwiki-sample.jsonl --tokenizer DIR [--out result.json]
+
+With --full it streams the whole file once (one rank) and reports blocks and time; wrap it in /usr/bin/time -v for the
+peak memory of streaming a file of any size.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_preprocess import environment  # noqa: E402
+from zhpretrain import stream, tokenizer  # noqa: E402
+from zhpretrain.config import DataArguments  # noqa: E402
+
+
+def first_block_after_resume(args, tok, state) -> float:
+    start = time.perf_counter()
+    ds = stream.StreamingBlocks(args, tok)
+    ds.load_state_dict(state)
+    next(iter(ds))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file")
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (e.g. the one a run cached)")
+    parser.add_argument("--block_size", type=int, default=512)
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--out")
+    a = parser.parse_args()
+    args = DataArguments(train_file=a.file, block_size=a.block_size, streaming=True, validation_split_percentage=1)
+    tok = tokenizer.load(a.tokenizer)
+    ds = stream.StreamingBlocks(args, tok)
+    result = {**environment(), "file": a.file, "block_size": a.block_size}
+    start = time.perf_counter()
+    if a.full:
+        blocks = sum(1 for _ in stream_one_epoch(ds))
+        result.update(blocks=blocks, seconds=round(time.perf_counter() - start, 1))
+    else:
+        positions, n, last = {}, 0, None
+        for _ in iter(ds):  # one pass to find an early and a late position, timing the replay to each
+            n += 1
+            if n == 100:
+                positions[n] = (ds.state_dict(n), time.perf_counter() - start)
+            if ds.history[n]["epoch"] > 0:  # the late position: the last block of the first pass over the file
+                positions[n - 1] = last
+                break
+            last = (ds.state_dict(n), time.perf_counter() - start)
+        (early, (s1, replay1)), (late, (s2, replay2)) = sorted(positions.items())
+        result.update({"early_block": early, "early_resume_s": round(first_block_after_resume(args, tok, s1), 3),
+                       "early_replay_s": round(replay1, 2), "late_block": late,
+                       "late_resume_s": round(first_block_after_resume(args, tok, s2), 3), "late_replay_s": round(replay2, 2)})
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+
+def stream_one_epoch(ds):
+    for block in ds:
+        if ds.history[next(reversed(ds.history))]["epoch"] > 0:
+            return
+        yield block
+
+
+if __name__ == "__main__":
+    main()
