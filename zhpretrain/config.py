@@ -44,7 +44,7 @@ class ModelArguments:
     config_overrides: str | None = field(default=None, metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'num_hidden_layers=6,hidden_size=384'."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A local Hugging Face tokenizer folder; default: train a byte-level BPE."})
     tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
-    tokenizer_train_max_chars: int = field(default=50_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most."})
+    tokenizer_train_max_chars: int = field(default=3_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (peak memory grows ~0.23 GB per million)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
 
 
