@@ -31,6 +31,13 @@ def once(folder: Path, build, builder: bool) -> None:
         time.sleep(2)
 
 
+def check_eval_split(test: dict, block_size: int) -> None:
+    if test["blocks"] == 0:
+        raise UserError(f"The evaluation split has {test['tokens']:,} tokens in {test['documents']:,} documents, fewer than "
+                        f"one block of {block_size}. Raise --validation_split_percentage, give a --validation_file, "
+                        "or lower --block_size.")
+
+
 def prepare_data(data_args, model_args, builder: bool):
     """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
     import torch
@@ -60,10 +67,7 @@ def prepare_data(data_args, model_args, builder: bool):
 
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         test, test_stats = stream.eval_blocks(data_args, tok, data_args.max_eval_samples or 256)
-        if not test:
-            raise UserError(f"The evaluation split has {test_stats['tokens']:,} tokens in {test_stats['documents']:,} documents, "
-                            f"fewer than one block of {data_args.block_size}. Raise --validation_split_percentage, give a "
-                            "--validation_file, or lower --block_size.")
+        check_eval_split(test_stats, data_args.block_size)
         meta = {"stats": {"train": {"streaming": True}, "test": test_stats}}
         return tok, {"train": stream.StreamingBlocks(data_args, tok, rank, world), "test": test}, meta
 
@@ -74,11 +78,7 @@ def prepare_data(data_args, model_args, builder: bool):
     if stats.records:
         print(f"read {stats.records:,} records: {stats.empty:,} empty texts dropped, {stats.skipped:,} bad records skipped", flush=True)
     datasets = blocks.datasets(folder, meta)
-    if len(datasets["test"]) == 0:
-        test = meta["stats"]["test"]
-        raise UserError(f"The evaluation split has {test['tokens']:,} tokens in {test['documents']:,} documents, fewer than "
-                        f"one block of {data_args.block_size}. Raise --validation_split_percentage, give a --validation_file, "
-                        "or lower --block_size.")
+    check_eval_split(meta["stats"]["test"], data_args.block_size)
     if len(datasets["train"]) == 0:
         raise UserError(f"The training split has {meta['stats']['train']['tokens']:,} tokens, fewer than one block of "
                         f"{data_args.block_size}. Give more data or lower --block_size.")
