@@ -127,3 +127,14 @@ def test_swanlab_cloud_unreachable_warns_logs_locally_and_keeps_the_key_secret(t
     for path in [*tmp_path.rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_hub_dataset_offline_fails_at_once_and_says_what_to_do(tmp_path):
+    from huggingface_hub import constants
+
+    from zhpretrain.net import reachable
+
+    if reachable(constants.ENDPOINT):
+        pytest.skip("the hub is reachable here")
+    msg = fail(tmp_path, "--dataset_name", "fjcanyue/wikipedia-zh-cn")
+    assert "the Hugging Face hub (https://huggingface.co) cannot be reached" in msg and "--train_file" in msg

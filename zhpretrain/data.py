@@ -218,7 +218,13 @@ def _records(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterato
 
 def _hub_records(name: str, config: str | None, start: int = 0) -> Iterator[tuple[str, object, int]]:
     import datasets
+    from huggingface_hub import constants
 
+    from .net import reachable
+
+    if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
+        raise UserError(f"Could not load dataset '{name}': the Hugging Face hub ({constants.ENDPOINT}) cannot be reached. "
+                        "Without network, download the files (Hugging Face or ModelScope) and pass --train_file PATH.")
     try:
         stream = datasets.load_dataset(name, config, split="train", streaming=True)
         for row, record in enumerate(stream.skip(start) if start else stream, start):

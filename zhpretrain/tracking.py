@@ -2,6 +2,8 @@
 import os
 import warnings
 
+from .net import reachable
+
 MODES = ("cloud", "local", "offline", "disabled")
 
 
@@ -12,23 +14,6 @@ def logged_in() -> bool:
 
         return bool(swanlab.Settings().api_key)
     except Exception:  # a malformed SWANLAB_* variable: treat as not logged in, the init below will say more
-        return False
-
-
-def cloud_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the SwanLab API host, so an offline machine falls back at once instead of retrying ~15 s."""
-    import socket
-    from urllib.parse import urlsplit
-
-    import swanlab
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a direct probe would bypass the proxy: let swanlab try
-    try:
-        url = urlsplit(swanlab.Settings().api_host)
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except Exception:
         return False
 
 
@@ -81,7 +66,7 @@ def start(run_args, training_args, main_process: bool, config: dict) -> Run:
             try:
                 if not logged_in():
                     raise RuntimeError("not logged in: run `swanlab login` or set SWANLAB_API_KEY")
-                if not cloud_reachable():
+                if not reachable(swanlab.Settings().api_host):
                     raise ConnectionError("the SwanLab server cannot be reached")
                 swanlab.init(mode="cloud", settings=settings, **init)
                 return Run(swanlab, SwanLabCallback())
