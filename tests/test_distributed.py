@@ -78,3 +78,29 @@ def test_two_process_streaming_run_saves_each_ranks_position(tmp_path):
     assert "train: streamed from the files" in proc.stdout and (tmp_path / "out" / "final" / "model.safetensors").is_file()
     positions = [json.loads((tmp_path / "out" / "checkpoint-8" / f"stream_rank{r}.json").read_text()) for r in (0, 1)]
     assert [p["blocks"] for p in positions] == [32, 32]  # 8 steps x 4 blocks on each rank
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", REPO / "configs/accelerate/ddp.yaml",
+           "--num_processes", 2, REPO / "pretrain.py", "--max_steps", 100000, "--save_steps", 100000, "--eval_steps", 100000,
+           "--eval_on_start", "false", "--block_size", 64, "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 4,
+           "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 300
+    while not (tmp_path / "out" / "data_stats.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(8)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
+    out, _ = proc.communicate(timeout=120)
+    assert out.count("stopping: saving a checkpoint") == 2  # both ranks heard it
+    step = int(out.split("stopped at step ")[1].split(";")[0])
+    checkpoint = tmp_path / "out" / f"checkpoint-{step}"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == [checkpoint.name]  # one step, agreed by both
