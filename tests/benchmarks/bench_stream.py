@@ -3,6 +3,7 @@ at most one batch) against replaying the stream up to that position, which is wh
 
     python tests/benchmarks/bench_stream.py ../shared/data/zhwiki-sample.jsonl --tokenizer DIR [--out result.json]
 
+With --parse-cost it times parsing every record (each rank does that) against tokenizing them (ranks share that).
 With --full it streams the whole file once (one rank) and reports blocks and time; wrap it in /usr/bin/time -v for the
 peak memory of streaming a file of any size.
 """
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (e.g. the one a run cached)")
     parser.add_argument("--block_size", type=int, default=512)
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--parse-cost", action="store_true",
+                        help="time parsing every record (what each rank does) against tokenizing them (what ranks share)")
     parser.add_argument("--out")
     a = parser.parse_args()
     args = DataArguments(train_file=a.file, block_size=a.block_size, streaming=True, validation_split_percentage=1)
@@ -41,7 +44,16 @@ def main() -> None:
     ds = stream.StreamingBlocks(args, tok)
     result = {**environment(), "file": a.file, "block_size": a.block_size}
     start = time.perf_counter()
-    if a.full:
+    if a.parse_cost:
+        from zhpretrain import data
+
+        texts = [t for t, *_ in data.read_texts(ds.files, None, False, data.ReadStats())]
+        parse = time.perf_counter() - start
+        start = time.perf_counter()
+        tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        result.update(parse_s=round(parse, 2), tokenize_s=round(time.perf_counter() - start, 2))
+        result["parse_share"] = round(result["parse_s"] / (result["parse_s"] + result["tokenize_s"]), 3)
+    elif a.full:
         blocks = sum(1 for _ in stream_one_epoch(ds))
         result.update(blocks=blocks, seconds=round(time.perf_counter() - start, 1))
     else:
