@@ -7,6 +7,7 @@ train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a
 """
 import json
 import os
+import socket
 import sys
 import time
 import warnings
@@ -38,7 +39,7 @@ def check_eval_split(test: dict, block_size: int) -> None:
                         "or lower --block_size.")
 
 
-def prepare_data(data_args, model_args, builder: bool):
+def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int = 1):
     """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
     import torch
 
@@ -65,7 +66,6 @@ def prepare_data(data_args, model_args, builder: bool):
     if data_args.streaming:
         from zhpretrain import stream
 
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         test, test_stats = stream.eval_blocks(data_args, tok, data_args.max_eval_samples or 256)
         check_eval_split(test_stats, data_args.block_size)
         meta = {"stats": {"train": {"streaming": True}, "test": test_stats}}
@@ -75,6 +75,8 @@ def prepare_data(data_args, model_args, builder: bool):
     stats = data.ReadStats()
     once(folder, lambda: blocks.build(data.documents(data_args, stats), tok, data_args.block_size, folder, stats.bytes), builder)
     meta = blocks.load(folder)
+    if meta is None:
+        raise UserError(f"The token cache {folder} is damaged (no readable meta.json). Delete that folder and run again.")
     if stats.records:
         print(f"read {stats.records:,} records: {stats.empty:,} empty texts dropped, {stats.skipped:,} bad records skipped", flush=True)
     datasets = blocks.datasets(folder, meta)
@@ -87,22 +89,28 @@ def prepare_data(data_args, model_args, builder: bool):
     return tok, datasets, meta
 
 
-def setup(training_args):
-    """Check output_dir, and set up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs)."""
-    import torch
-
-    output_dir = Path(training_args.output_dir)
+def writable(folder: Path, what: str) -> None:
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"  # one per process: ranks share output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{socket.gethostname()}-{os.getpid()}"  # one per process: ranks share the folder
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise UserError(f"output_dir '{output_dir}' cannot be written ({e.strerror}). Choose another --output_dir.") from None
+        raise UserError(f"{what} '{folder}' cannot be written ({e.strerror}). Choose another --{what}.") from None
+
+
+def setup(training_args, data_args) -> Path:
+    """Check the folders we write, and set up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs)."""
+    import torch
+
+    output_dir = Path(training_args.output_dir)
+    writable(output_dir, "output_dir")
+    writable(data_args.cache_root(), "cache_dir")
     training_args.ddp_find_unused_parameters = False
     training_args.dataloader_pin_memory &= torch.cuda.is_available()
     training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
-    return output_dir, training_args.device
+    training_args.device  # noqa: B018  (reading it initialises the process group)
+    return output_dir
 
 
 def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
@@ -117,7 +125,9 @@ def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
 
 
 def build(model_args, training_args, tok, block_size: int):
-    """The model: random init, or the weights of a checkpoint that already finished. Returns (model, checkpoint, done)."""
+    """The model: random init, or the weights of a checkpoint that already finished.
+
+    Returns (model, parameter counts, latest checkpoint, its step if it already finished)."""
     from zhpretrain import model as modeling
     from zhpretrain import train
 
@@ -150,7 +160,10 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
     stop.install()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.uninstall()  # Ctrl-C during the final save and sample behaves as usual again
     if stop.stopped_at is None:
         return True
     if trainer.is_world_process_zero():
@@ -181,12 +194,16 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
 def main(argv=None) -> int:
     from zhpretrain import config, stream, tracking, train
 
+    from zhpretrain import model as modeling
+
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
-    output_dir, _ = setup(training_args)
+    modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
+    output_dir = setup(training_args, data_args)
     main_process = training_args.process_index == 0
 
-    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
+    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0,
+                                       rank=training_args.process_index, world=training_args.world_size)
     stats = describe_data(meta, output_dir, main_process)
     model, params, checkpoint, done = build(model_args, training_args, tok, data_args.block_size)
     shape = train.RunShape(batch_shape(training_args, data_args.block_size, data_args.streaming))
@@ -225,3 +242,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except UserError as e:
         sys.exit(report(e))
+    except KeyboardInterrupt:  # before training started: caches are written atomically, nothing half-done is kept
+        print("\ninterrupted before training started; nothing was saved. Run the same command to start again.", file=sys.stderr)
+        sys.exit(130)

@@ -56,3 +56,16 @@ def test_every_preset_parses_and_every_key_is_commented(preset):
     for line in preset.read_text(encoding="utf-8").splitlines():
         if re.match(r"^[a-z_]+:", line):
             assert re.search(r"\s#\s", line), f"{preset.name}: key without a comment: {line}"
+
+
+def test_yaml_values_are_type_checked_and_streaming_needs_max_steps(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("block_size: 12.5  # not an int\n")
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([str(bad)])
+    assert e.value.code == 2
+    one = tmp_path / "one.yaml"
+    one.write_text("sample_prompts: 陕西省是  # one prompt, not a list\n")
+    assert config.parse_args([str(one)])[3].sample_prompts == ["陕西省是"]
+    with pytest.raises(UserError, match="streaming: true needs --max_steps"):
+        config.parse_args(["--streaming", "true", "--max_steps", "-1", "--num_train_epochs", "1"])

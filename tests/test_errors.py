@@ -138,3 +138,11 @@ def test_a_hub_dataset_offline_fails_at_once_and_says_what_to_do(tmp_path):
         pytest.skip("the hub is reachable here")
     msg = fail(tmp_path, "--dataset_name", "fjcanyue/wikipedia-zh-cn")
     assert "the Hugging Face hub (https://huggingface.co) cannot be reached" in msg and "--train_file" in msg
+
+
+def test_an_unbuildable_model_shape_and_an_unwritable_cache_dir(tmp_path):
+    msg = fail(tmp_path, "--model_config", "configs/models/gpt2-small.json", "--config_overrides", "n_embd=100,n_layer=1")
+    assert "Cannot build a causal language model from this config" in msg
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cache_dir '.*file/sub' cannot be written"):
+        pretrain.main(["--cache_dir", str(tmp_path / "file" / "sub"), "--output_dir", str(tmp_path / "out"), "--swanlab_mode", "disabled"])

@@ -62,3 +62,21 @@ def test_eval_blocks_are_fixed_and_capped(tok):
 def test_streaming_refuses_a_document_count_split(tok):
     with pytest.raises(UserError, match="validation_split_percentage"):
         stream.StreamingBlocks(args(validation_split_documents=3), tok)
+
+
+def test_resume_after_the_last_block_of_a_one_batch_epoch(tok, tmp_path):
+    # The whole epoch fits one tokenizer batch: the saved position is the file start with every block used.
+    from conftest import write_jsonl
+
+    small = write_jsonl(tmp_path / "small.jsonl", [{"text": "陕西省是中国的一个省。" * 8} for _ in range(20)])
+    a = args(train_file=str(small), validation_split_percentage=5)
+    first = stream.StreamingBlocks(a, tok)
+    per_epoch = 0
+    for _ in iter(first):
+        per_epoch += 1
+        if first.history[per_epoch]["epoch"] > 0:
+            per_epoch -= 1
+            break
+    resumed = stream.StreamingBlocks(a, tok)
+    resumed.load_state_dict(first.state_dict(per_epoch))
+    assert take(resumed, 3) == take(stream.StreamingBlocks(a, tok), per_epoch + 3)[per_epoch:]

@@ -82,9 +82,9 @@ def _choose_preset(argv: list[str]) -> tuple[Path, list[str]]:
         if not path.is_file():
             raise UserError(f"Preset file {path} does not exist. The presets shipped are in {REPO / 'configs'}.")
         return path, argv[1:]
-    if Path(WIKI_FILE).is_file():
+    if Path(resolve_path(WIKI_FILE)).is_file():
         return WIKI_PRESET, argv
-    if "--train_file" not in argv and "--dataset_name" not in argv:
+    if not any(a.split("=")[0] in ("--train_file", "--dataset_name") for a in argv):
         print(
             f"{WIKI_FILE} not found, so running the demo preset on the small demo corpus. For the real run, download "
             "wikipedia-zh-cn-20240820.json (Hugging Face: fjcanyue/wikipedia-zh-cn; or ModelScope) into data/, "
@@ -117,6 +117,13 @@ def parse_args(argv: list[str] | None = None):
         raise SystemExit(0)
     preset, argv = _choose_preset(argv)
     defaults = load_preset(preset, valid)
+    for action in parser._actions:  # YAML gives typed values; argparse type-checks only string defaults
+        if action.dest in defaults and defaults[action.dest] is not None:
+            value = defaults[action.dest]
+            if action.nargs in ("+", "*"):
+                defaults[action.dest] = [str(v) for v in (value if isinstance(value, list) else [value])]
+            elif isinstance(value, (bool, int, float, str)):
+                defaults[action.dest] = str(value)
     parser.set_defaults(**defaults)
     namespace, rest = parser.parse_known_args(argv)
     if rest:
@@ -133,8 +140,12 @@ def parse_args(argv: list[str] | None = None):
                                       for cls in ARGUMENT_CLASSES)
     except ValueError as e:
         raise UserError(f"Invalid arguments: {e}") from None
-    data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file)
+    data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file) or None
     model.model_config = resolve_path(model.model_config)
-    if data.validation_split_documents is None and not 0 < data.validation_split_percentage < 100:
+    if not (data.validation_file or data.validation_split_documents) and not 0 < data.validation_split_percentage < 100:
         raise UserError(f"validation_split_percentage must be between 0 and 100, not {data.validation_split_percentage}.")
+    if data.streaming and training.max_steps <= 0:
+        raise UserError("streaming: true needs --max_steps (a stream has no length, so epochs cannot be counted).")
+    if run.swanlab_mode and run.swanlab_mode.lower() not in ("cloud", "online", "local", "offline", "disabled"):
+        raise UserError(f"swanlab_mode '{run.swanlab_mode}' is not one of cloud, local, offline, disabled.")
     return preset, data, model, run, training

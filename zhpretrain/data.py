@@ -189,11 +189,15 @@ def _txt(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tu
     with open(path, "rb") as f:
         f.seek(start)
         for raw in f:
+            size = len(raw)
+            if offset == 0:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                raise UserError(f"{path}: invalid UTF-8 at byte offset {offset + e.start}. Re-encode the file as UTF-8.") from None
-            offset += len(raw)
+                raise UserError(f"{path}: invalid UTF-8 at byte offset {offset + size - len(raw) + e.start}. "
+                                "Re-encode the file as UTF-8.") from None
+            offset += size
             if line.strip():
                 lines.append(line)
             elif lines:
@@ -310,6 +314,9 @@ def documents(args, stats: ReadStats, split_name: str | None = None) -> Iterator
         if split_name in (None, name):
             stats.bytes[name] += len(text.encode())
             yield name, text
+    if stats.records == 0:
+        raise UserError(f"No usable record in {args.dataset_name or args.train_file}: all {stats.skipped} were bad and skipped. "
+                        "Check --text_column and the files.")
     if stats.records == stats.empty:
         raise UserError(f"Every one of the {stats.records} records in {args.dataset_name or args.train_file} has an empty text; "
                         "there is nothing to train on. Check --text_column.")

@@ -58,7 +58,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                                  self.args.dataset_config_name, position=(file, offset))
         for text, index, where in stream:
             start = start or (index, where, ordinal)
-            if ordinal % self.world == self.rank and not (self.args.validation_file is None and self.split.is_test(ordinal)):
+            if ordinal % self.world == self.rank and not (not self.args.validation_file and self.split.is_test(ordinal)):
                 texts.append(text)
             ordinal += 1
             if len(texts) == BATCH_DOCS:
@@ -75,10 +75,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             produced, whole_epoch = False, position == (0, 0, 0)
             for (file, offset, ordinal), texts in self._batches(*position):
                 tokens = np.concatenate([carry, _encode(self.tokenizer, texts)])
+                produced |= len(tokens) >= size  # this epoch has text for a block, even if a resume skips all of them
+                resume = {"epoch": epoch, "file": file, "offset": offset, "ordinal": ordinal, "carry": carry.tolist()}
                 for b in range(skip, len(tokens) // size):
-                    produced, blocks = True, blocks + 1
-                    self.history[blocks] = {"blocks": blocks, "epoch": epoch, "file": file, "offset": offset,
-                                            "ordinal": ordinal, "carry": carry.tolist(), "skip": b + 1}
+                    blocks += 1
+                    self.history[blocks] = {**resume, "blocks": blocks, "skip": b + 1}
                     if len(self.history) > HISTORY:
                         self.history.popitem(last=False)
                     ids = torch.from_numpy(tokens[b * size:(b + 1) * size].copy())

@@ -30,7 +30,8 @@ def load(path: str, trust_remote_code: bool = False):
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        # DataCollatorForLanguageModeling masks every pad id out of the labels: pad == eos would hide every EOS.
+        # Collators that pad (DataCollatorForLanguageModeling) mask every pad id out of the labels: pad == eos would hide
+        # every EOS target. Our blocks need no padding, but a loaded tokenizer must stay safe for them.
         tok.add_special_tokens({"pad_token": PAD})
     return tok
 

@@ -57,7 +57,7 @@ class PretrainTrainer(Trainer):
             if self._clock is not None and step > self._clock[1]:
                 logs["tokens_per_second"] = (step - self._clock[1]) * self.tokens_per_step / (now - self._clock[0])
         super().log(logs, start_time)
-        # Restart the clock after every log, so evaluation and checkpoint time do not count as training time.
+        # Restart the clock after every log, so evaluation time does not count as training time.
         self._clock = (time.perf_counter(), step)
 
 
@@ -78,11 +78,15 @@ class GracefulStop(TrainerCallback):
     A second Ctrl-C exits at once. SIGTERM never does: torchrun forwards one after the terminal's SIGINT."""
 
     def __init__(self):
-        self.requested, self.interrupts, self.stopped_at = False, 0, None
+        self.requested, self.interrupts, self.stopped_at, self.previous = False, 0, None, {}
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -141,10 +145,12 @@ class RunShape(TrainerCallback):
     def __init__(self, shape: dict):
         self.shape = shape
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.NAME
-            path.write_text(json.dumps(self.shape))
+    def on_step_end(self, args, state, control, **kwargs):
+        # Before the Trainer writes the checkpoint (and trainer_state.json, our "complete" mark, last).
+        if control.should_save and state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / self.NAME).write_text(json.dumps(self.shape))
 
     def check(self, checkpoint: str) -> None:
         path = Path(checkpoint) / self.NAME
