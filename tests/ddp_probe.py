@@ -10,8 +10,9 @@ from zhpretrain import config, train  # noqa: E402
 
 out, argv = Path(sys.argv[1]), sys.argv[2:]
 _, data_args, model_args, _, training_args = config.parse_args(argv)
-pretrain.setup(training_args)
-tok, datasets, _ = pretrain.prepare_data(data_args, model_args, builder=training_args.local_process_index == 0)
+pretrain.setup(training_args, data_args)
+tok, datasets, _ = pretrain.prepare_data(data_args, model_args, builder=training_args.local_process_index == 0,
+                                         rank=training_args.process_index, world=training_args.world_size)
 model, *_ = pretrain.build(model_args, training_args, tok, data_args.block_size)
 trainer = train.build_trainer(model, training_args, datasets, tok, [], bytes_per_token=1.0, tokens_per_step=1)
 blocks = [hashlib.md5(ids.numpy().tobytes()).hexdigest()
