@@ -87,7 +87,7 @@ def _json_lines(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iter
             try:
                 yield where, json.loads(line), begin
             except json.JSONDecodeError as e:
-                _bad(where, f"malformed JSON ({e.msg} at column {e.colno})", skip, stats)
+                _bad(where, f"malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})", skip, stats)
 
 
 def _json_array(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
@@ -156,7 +156,7 @@ def _json_array(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iter
                     break
                 except json.JSONDecodeError as e:
                     if eof:
-                        raise UserError(f"{where(e.pos)}: the JSON array is truncated or malformed ({e.msg}). "
+                        raise UserError(f"{where(e.pos)}: the JSON array is truncated or malformed ({e.msg.removesuffix(' at')}). "
                                         "Re-download or repair the file.") from None
                     more()
             yield where(i), obj, cursor[1]
