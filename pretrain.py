@@ -160,10 +160,11 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
     stop.install()
+    stop.training = True
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
-        stop.uninstall()  # Ctrl-C during the final save and sample behaves as usual again
+        stop.training = False  # a Ctrl-C during the final save and sample interrupts at once
     if stop.stopped_at is None:
         return True
     if trainer.is_world_process_zero():
@@ -191,11 +192,11 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
         run.log_samples(step, [sample], label="sample", key="final_sample")
 
 
-def main(argv=None) -> int:
+def main(argv=None, stop=None) -> int:
     from zhpretrain import config, stream, tracking, train
-
     from zhpretrain import model as modeling
 
+    stop = stop or train.GracefulStop()
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
@@ -219,7 +220,6 @@ def main(argv=None) -> int:
                          config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
                                  "training": training_args.to_dict(), "model_config": model.config.to_dict(),
                                  "data_stats": stats, **params, **shape.shape})
-    stop = train.GracefulStop()
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
                                    enabled=not train.sharded(training_args))
     callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
@@ -238,8 +238,12 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    from zhpretrain.train import GracefulStop
+
+    handler = GracefulStop()
+    handler.install()  # from the start: a Ctrl-C at any moment gets a clean exit, a second one an immediate one
     try:
-        sys.exit(main())
+        sys.exit(main(stop=handler))
     except UserError as e:
         sys.exit(report(e))
     except KeyboardInterrupt:  # before training started: caches are written atomically, nothing half-done is kept

@@ -83,21 +83,28 @@ def test_two_process_streaming_run_saves_each_ranks_position(tmp_path):
 def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
     import os
     import signal
+    import threading
     import time
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", REPO / "configs/accelerate/ddp.yaml",
            "--num_processes", 2, REPO / "pretrain.py", "--max_steps", 100000, "--save_steps", 100000, "--eval_steps", 100000,
            "--eval_on_start", "false", "--block_size", 64, "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 4,
            "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled"]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = []
+    reader = threading.Thread(target=lambda: [output.append(c.decode(errors="replace"))
+                                              for c in iter(lambda: os.read(proc.stdout.fileno(), 4096), b"")], daemon=True)
+    reader.start()
     deadline = time.time() + 300
-    while not (tmp_path / "out" / "data_stats.json").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    time.sleep(8)
+    while "".join(output).count("/100000 [") < 1:  # rank 0's progress bar: training has started
+        assert proc.poll() is None and time.time() < deadline, "".join(output)[-3000:]
+        time.sleep(0.1)
+    time.sleep(3)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(output)
     assert out.count("stopping: saving a checkpoint") == 2  # both ranks heard it
     step = int(out.split("stopped at step ")[1].split(";")[0])
     checkpoint = tmp_path / "out" / f"checkpoint-{step}"

@@ -8,7 +8,7 @@ import pytest
 
 import pretrain
 import swanlab_log
-from conftest import DEMO, run_pretrain, write_jsonl
+from conftest import DEMO, run_pretrain
 from zhpretrain.errors import UserError
 
 GOOD = [{"id": str(i), "title": f"t{i}", "tags": "", "text": "陕西省是中国的一个省。" * 5} for i in range(60)]

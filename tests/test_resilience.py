@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,15 +25,39 @@ def common(tmp: Path, out: str, steps: int = 30, save: int = 10):
 
 
 def start(args, cwd) -> subprocess.Popen:
+    """Start pretrain.py; a thread collects its output into proc.output (a list of str) as it comes."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.output = []
+
+    def read():
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            proc.output.append(chunk.decode(errors="replace"))
+    proc.reader = threading.Thread(target=read, daemon=True)
+    proc.reader.start()
+    return proc
+
+
+def training_started(proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait for the Trainer's progress bar: the run is inside trainer.train()."""
+    deadline = time.time() + timeout
+    while "/100000 [" not in "".join(proc.output):
+        assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.1)
+    time.sleep(1)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    proc.wait(timeout=timeout)
+    proc.reader.join(timeout=10)
+    return "".join(proc.output)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not path.exists():
-        assert proc.poll() is None, f"process ended before {path} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert proc.poll() is None, f"process ended before {path} appeared:\n{''.join(proc.output)[-3000:]}"
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
@@ -51,7 +76,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
     proc = start([*common(tmp_path, "killed"), *extra], tmp_path)
     wait_for(tmp_path / "killed" / "checkpoint-10" / "trainer_state.json", proc)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    finish(proc, timeout=30)
     assert not (tmp_path / "killed" / "final").exists()
     # A checkpoint the dying process was still writing: weights there, trainer_state.json not yet.
     partial = tmp_path / "killed" / "checkpoint-15"
@@ -74,11 +99,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
     proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
-    wait_for(tmp_path / "out" / "data_stats.json", proc)
-    time.sleep(4)  # well into training
+    training_started(proc)
     sent = time.time()
     os.kill(proc.pid, sig)
-    out, _ = proc.communicate(timeout=60)
+    out = finish(proc, timeout=60)
     assert proc.returncode == 130, out[-3000:]
     assert time.time() - sent < 20 and "Traceback" not in out
     step = int(out.split("stopped at step ")[1].split(";")[0])
@@ -90,12 +114,11 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # 40 micro-batches per step: the first Ctrl-C waits seconds for the step to end, and the second one cuts it short.
     proc = start([*common(tmp_path, "out", steps=100000, save=100000), "--gradient_accumulation_steps", 40], tmp_path)
-    wait_for(tmp_path / "out" / "data_stats.json", proc)
-    time.sleep(3)
+    training_started(proc)
     os.kill(proc.pid, signal.SIGINT)
     time.sleep(0.5)  # two signals sent back to back coalesce into one: a person presses twice
     os.kill(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out = finish(proc, timeout=30)
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out
 
 
@@ -123,3 +146,15 @@ def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_pat
     same = run_pretrain(*common(tmp_path, "out", steps=10, save=5), "--per_device_train_batch_size", 4,
                         "--gradient_accumulation_steps", 2, cwd=tmp_path)
     assert same.returncode == 0 and "resuming from" in same.stdout, same.stdout[-3000:]
+
+
+def test_ctrl_c_before_training_exits_cleanly(tmp_path):
+    proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
+    deadline = time.time() + 120
+    while "preset:" not in "".join(proc.output):  # parsing done, the data stage is next
+        assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out = finish(proc, timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
+    assert "interrupted before training started" in out

@@ -73,20 +73,17 @@ class SampleCallback(TrainerCallback):
 
 
 class GracefulStop(TrainerCallback):
-    """Ctrl-C or SIGTERM: checkpoint at the end of the current step and stop, on every rank at the same step.
-
-    A second Ctrl-C exits at once. SIGTERM never does: torchrun forwards one after the terminal's SIGINT."""
+    """Ctrl-C or SIGTERM while training: checkpoint at the end of the current step and stop, on every rank at the same
+    step. Before or after training the first one interrupts at once (caches are written atomically). A second Ctrl-C
+    always exits at once. SIGTERM never counts as a second one: torchrun forwards one after the terminal's SIGINT."""
 
     def __init__(self):
-        self.requested, self.interrupts, self.stopped_at, self.previous = False, 0, None, {}
+        self.requested, self.interrupts, self.stopped_at, self.training = False, 0, None, False
 
     def install(self) -> None:
+        """(Re)take SIGINT and SIGTERM: called at start-up, and again before training, since swanlab.init sets its own."""
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -94,6 +91,9 @@ class GracefulStop(TrainerCallback):
             if self.interrupts > 1:
                 print("\nsecond Ctrl-C: exiting now, without saving", file=sys.stderr, flush=True)
                 os._exit(130)
+        if not self.training:
+            self.interrupts = max(self.interrupts, 1)
+            raise KeyboardInterrupt
         if not self.requested:
             print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again exits at once)", file=sys.stderr, flush=True)
         self.requested = True
