@@ -25,12 +25,12 @@ def take(dataset, n):
 
 def test_ranks_read_disjoint_documents_and_never_the_held_out_ones(tok, monkeypatch):
     seen = {}
-    real = stream._encode
+    real = stream.encode
 
     def spy(tokenizer, texts):
         seen.setdefault(current, []).extend(texts)
         return real(tokenizer, texts)
-    monkeypatch.setattr(stream, "_encode", spy)
+    monkeypatch.setattr(stream, "encode", spy)
     for current in (0, 1):
         ds = stream.StreamingBlocks(args(), tok, rank=current, world=2)
         take(ds, 500)  # more than one epoch of the demo corpus: cycles

@@ -33,6 +33,13 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
+def encode(tokenizer, texts: list[str], dtype=np.int64) -> np.ndarray:
+    """The texts as one flat token array, each document followed by EOS so documents stay apart once concatenated."""
+    eos = tokenizer.eos_token_id
+    ids = [e.ids + [eos] for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return np.fromiter((t for doc in ids for t in doc), dtype=dtype, count=sum(map(len, ids)))
+
+
 def cache_folder(cache_root: Path, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root / f"blocks-{digest}"
@@ -54,22 +61,18 @@ def build(docs: Iterable[tuple[str, str]], tokenizer, block_size: int, folder: P
     """Tokenize (split, text) pairs into <folder>/{train,test}.bin and return the data statistics.
 
     Written into a temporary folder renamed into place at the end, so a killed run never leaves a cache that looks whole."""
-    eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     files = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
     stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
     pending = {s: [] for s in SPLITS}
-    encode = tokenizer.backend_tokenizer.encode_batch_fast
     start, last = time.perf_counter(), 0.0
 
     def flush(split: str) -> None:
-        # Every document ends with EOS, so documents stay apart once concatenated.
-        ids = [e.ids + [eos] for e in encode(pending[split], add_special_tokens=False)]
-        flat = np.fromiter((t for doc in ids for t in doc), dtype=dtype, count=sum(map(len, ids)))
+        flat = encode(tokenizer, pending[split], dtype)
         files[split].write(flat.tobytes())
-        stats[split]["documents"] += len(ids)
+        stats[split]["documents"] += len(pending[split])
         stats[split]["tokens"] += len(flat)
         pending[split] = []
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import data
+from .blocks import encode
 from .errors import UserError
 
 BATCH_DOCS = 64  # documents per tokenizer call; a resume re-tokenizes at most one such batch
@@ -16,12 +17,6 @@ HISTORY = 4096  # positions remembered, keyed by blocks yielded: enough for any 
 def _check(args) -> None:
     if args.validation_split_documents is not None:
         raise UserError("streaming: true takes validation_split_percentage (or a validation_file), not validation_split_documents.")
-
-
-def _encode(tokenizer, texts: list[str]) -> np.ndarray:
-    eos = tokenizer.eos_token_id
-    ids = [e.ids + [eos] for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    return np.fromiter((t for doc in ids for t in doc), dtype=np.int64, count=sum(map(len, ids)))
 
 
 class StreamingBlocks(torch.utils.data.IterableDataset):
@@ -74,7 +69,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         while True:
             produced, whole_epoch = False, position == (0, 0, 0)
             for (file, offset, ordinal), texts in self._batches(*position):
-                tokens = np.concatenate([carry, _encode(self.tokenizer, texts)])
+                tokens = np.concatenate([carry, encode(self.tokenizer, texts)])
                 produced |= len(tokens) >= size  # this epoch has text for a block, even if a resume skips all of them
                 resume = {"epoch": epoch, "file": file, "offset": offset, "ordinal": ordinal, "carry": carry.tolist()}
                 for b in range(skip, len(tokens) // size):
@@ -103,7 +98,7 @@ def eval_blocks(args, tokenizer, max_blocks: int):
 
     def flush():
         nonlocal texts, tokens
-        pieces.append(_encode(tokenizer, texts))
+        pieces.append(encode(tokenizer, texts))
         tokens += len(pieces[-1])
         stats["documents"] += len(texts)
         stats["bytes"] += sum(len(t.encode()) for t in texts)
