@@ -5,31 +5,17 @@
 Load the documents, split them, train (or load) a tokenizer, cut the text into token blocks, build a model,
 train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a sample continuation.
 """
+import errno
 import json
 import os
 import socket
 import sys
-import time
 import warnings
 from pathlib import Path
 
 from zhpretrain.errors import UserError, report
 
-
-def once(folder: Path, build, builder: bool) -> None:
-    """Build a cache folder on one process per node; the others wait for it to appear.
-
-    Caches are renamed into place only when complete, so the folder's existence is the signal. Waiting on the file
-    system instead of a collective barrier means no rank can hit the process-group timeout while a 2 GB corpus is
-    tokenized."""
-    if folder.exists():
-        return
-    if builder:
-        build()
-        return
-    print(f"waiting for the main process to write {folder} ...", flush=True)
-    while not folder.exists():
-        time.sleep(2)
+DOMINANT_SHARE = 0.25  # one evaluation document above this share of the evaluation text is reported
 
 
 def check_eval_split(test: dict, block_size: int) -> None:
@@ -39,27 +25,42 @@ def check_eval_split(test: dict, block_size: int) -> None:
                         "or lower --block_size.")
 
 
-def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int = 1):
-    """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
-    import torch
+def data_source(data_args) -> dict:
+    """What the data is: files (with content fingerprints) or a hub id, and how it is split. Keys the caches and the run."""
+    from zhpretrain import data
 
-    from zhpretrain import blocks, data, tokenizer
-
-    cache = data_args.cache_root()
-    source = {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name} if data_args.dataset_name \
-        else {"files": data.fingerprint(data.find_files(data_args.train_file))}
+    if data_args.dataset_name:
+        source = {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
+    else:
+        files, skipped = data.data_files(data_args.train_file)
+        if skipped:
+            print(f"train_file: skipped {len(skipped)} files that are not data: {', '.join(skipped[:8])}"
+                  f"{' ...' if len(skipped) > 8 else ''}", flush=True)
+        source = {"files": data.fingerprint(files)}
     if data_args.validation_file:
         source["validation"] = data.fingerprint(data.find_files(data_args.validation_file, "validation_file"))
     source.update(text_column=data_args.text_column, skip_bad_records=data_args.skip_bad_records, split_seed=data_args.split_seed,
                   validation_split_percentage=data_args.validation_split_percentage,
                   validation_split_documents=data_args.validation_split_documents)
+    return source
 
+
+def prepare_data(data_args, model_args, source: dict, builder: bool, rank: int = 0, world: int = 1, resumed: str | None = None):
+    """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta).
+
+    A resumed run keeps the tokenizer saved in its checkpoint: its embeddings were trained for exactly that one."""
+    import torch
+
+    from zhpretrain import blocks, cache, data, tokenizer
+
+    root = data_args.cache_root()
     if model_args.tokenizer_name_or_path:
         tok, how = tokenizer.load(model_args.tokenizer_name_or_path, model_args.trust_remote_code), f"loaded {model_args.tokenizer_name_or_path}"
+    elif resumed and (Path(resumed) / "tokenizer.json").is_file():
+        tok, how = tokenizer.load(resumed), f"the one saved in {resumed}"
     else:
-        folder = tokenizer.cache_folder(cache, source, model_args)
-        train_texts = lambda: (t for _, t in data.documents(data_args, data.ReadStats(), "train"))  # noqa: E731
-        once(folder, lambda: tokenizer.train_and_save(train_texts(), model_args, folder), builder)
+        folder = tokenizer.cache_folder(root, source, model_args)
+        cache.once(folder, lambda tmp: tokenizer.train_and_save(data_args, model_args, tmp), builder, "tokenizer cache")
         tok, how = tokenizer.load(str(folder)), f"byte-level BPE from {folder}"
     print(f"tokenizer: {len(tok):,} tokens ({how})", flush=True)
 
@@ -71,12 +72,11 @@ def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int
         meta = {"stats": {"train": {"streaming": True}, "test": test_stats}}
         return tok, {"train": stream.StreamingBlocks(data_args, tok, rank, world), "test": test}, meta
 
-    folder = blocks.cache_folder(cache, {**source, "tokenizer": blocks.tokenizer_digest(tok), "block_size": data_args.block_size})
+    folder = blocks.cache_folder(root, {**source, "tokenizer": blocks.tokenizer_digest(tok), "block_size": data_args.block_size})
     stats = data.ReadStats()
-    once(folder, lambda: blocks.build(data.documents(data_args, stats), tok, data_args.block_size, folder, stats.bytes), builder)
+    cache.once(folder, lambda tmp: blocks.write(tmp, data.documents(data_args, stats), tok, data_args.block_size, stats.bytes),
+               builder, "token cache")
     meta = blocks.load(folder)
-    if meta is None:
-        raise UserError(f"The token cache {folder} is damaged (no readable meta.json). Delete that folder and run again.")
     if stats.records:
         print(f"read {stats.records:,} records: {stats.empty:,} empty texts dropped, {stats.skipped:,} bad records skipped", flush=True)
     datasets = blocks.datasets(folder, meta)
@@ -99,18 +99,37 @@ def writable(folder: Path, what: str) -> None:
         raise UserError(f"{what} '{folder}' cannot be written ({e.strerror}). Choose another --{what}.") from None
 
 
-def setup(training_args, data_args) -> Path:
-    """Check the folders we write, and set up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs)."""
+def setup(training_args, data_args, run_args):
+    """Check the folders we write, set up the process group the way the Trainer will use it (gloo on CPU, NCCL on GPUs),
+    and lock output_dir for this run (the main process holds the lock for the whole launch)."""
     import torch
 
+    from zhpretrain import rundir
+
     output_dir = Path(training_args.output_dir)
-    writable(output_dir, "output_dir")
-    writable(data_args.cache_root(), "cache_dir")
+    rundir.check_folder(output_dir, run_args.allow_existing_output_dir)
     training_args.ddp_find_unused_parameters = False
     training_args.dataloader_pin_memory &= torch.cuda.is_available()
     training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
     training_args.device  # noqa: B018  (reading it initialises the process group)
-    return output_dir
+    writable(output_dir, "output_dir")
+    writable(data_args.cache_root(), "cache_dir")
+    lock = rundir.Lock(output_dir)
+    if training_args.process_index == 0:
+        lock.acquire()
+    return output_dir, lock
+
+
+def identity(data_source: dict, training_args, config) -> dict:
+    """What makes this run this run: a resume with other values would mix two runs (see rundir.check_identity)."""
+    keys = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
+            "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "max_grad_norm", "max_steps", "seed")
+    training = {k: getattr(training_args, k) for k in keys if hasattr(training_args, k)}
+    if training_args.max_steps <= 0:
+        training["num_train_epochs"] = training_args.num_train_epochs
+    skip = {"vocab_size", "eos_token_id", "bos_token_id", "pad_token_id", "transformers_version", "_name_or_path", "dtype"}
+    return {"data": data_source, "training": json.loads(json.dumps(training, default=str)),
+            "model": {k: v for k, v in config.to_dict().items() if k not in skip}}
 
 
 def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
@@ -119,26 +138,31 @@ def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
                                f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
                                f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)"
                                for s, v in stats.items()), flush=True)
+    test = stats["test"]
+    share = test.get("largest_document_bytes", 0) / max(test.get("bytes", 0), 1)
+    if share > DOMINANT_SHARE and test.get("documents", 0) > 1:
+        print(f"warning: one document holds {share:.0%} of the evaluation text ({test['largest_document_bytes']:,} of "
+              f"{test['bytes']:,} bytes), so eval loss and bits per byte mostly measure that one document. Give a "
+              "--validation_file, raise --validation_split_percentage, or remove that document.", flush=True)
     if main_process:
         (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
 
 
-def build(model_args, training_args, tok, block_size: int):
+def build(model_args, training_args, tok, block_size: int, checkpoint: str | None):
     """The model: random init, or the weights of a checkpoint that already finished.
 
-    Returns (model, parameter counts, latest checkpoint, its step if it already finished)."""
+    Returns (model, parameter counts, its step if the checkpoint already finished)."""
     from zhpretrain import model as modeling
-    from zhpretrain import train
+    from zhpretrain import rundir
 
     config = modeling.build_config(model_args, tok, block_size)
-    checkpoint = train.last_checkpoint(training_args.output_dir)
-    done = train.finished_step(checkpoint, training_args.max_steps)
+    done = rundir.finished_step(checkpoint, training_args.max_steps)
     model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
           f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
-    return model, params, checkpoint, done
+    return model, params, done
 
 
 def batch_shape(training_args, block_size: int, streaming: bool) -> dict:
@@ -149,6 +173,24 @@ def batch_shape(training_args, block_size: int, streaming: bool) -> dict:
     return {"world_size": world, "per_device_train_batch_size": training_args.per_device_train_batch_size,
             "gradient_accumulation_steps": training_args.gradient_accumulation_steps, "sequences_per_step": sequences,
             "block_size": block_size, "streaming": streaming}
+
+
+def disk_failure(error: BaseException, output_dir: Path, what: str) -> UserError | None:
+    """A write that failed for lack of space or permission, as one paragraph: where, what was kept, what to do."""
+    from zhpretrain import rundir
+
+    disk_errors = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+    chain = [error, error.__cause__, error.__context__]
+    os_error = next((e for e in chain if isinstance(e, OSError) and e.errno in disk_errors), None)
+    text = " ".join(str(e) for e in chain if e is not None)
+    if os_error is None and not any(w in text.lower() for w in ("write failed", "no space", "read-only", "file too large")):
+        return None
+    reason = os_error.strerror if os_error is not None else text.splitlines()[0] if text else type(error).__name__
+    good = rundir.last_checkpoint(output_dir)
+    kept = f"the newest complete checkpoint is {good}" if good else "no complete checkpoint was written yet"
+    return UserError(f"Writing {what} in {output_dir} failed: {reason}. Nothing else was lost: {kept}. Free disk space "
+                     "(or fix the folder's permissions, or choose another --output_dir on a writable disk), then run the same "
+                     "command to continue from it.")
 
 
 def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Path) -> bool:
@@ -163,6 +205,8 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
     stop.training = True
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
+    except (OSError, RuntimeError) as e:
+        raise disk_failure(e, output_dir, "a checkpoint") or e
     finally:
         stop.training = False  # a Ctrl-C during the final save and sample interrupts at once
     if stop.stopped_at is None:
@@ -181,7 +225,10 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
         or trainer.evaluate()
     final = output_dir / "final"
-    trainer.save_model(str(final))
+    try:
+        trainer.save_model(str(final))
+    except (OSError, RuntimeError) as e:
+        raise disk_failure(e, output_dir, "final/") or e
     if trainer.is_world_process_zero():
         print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
               f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
@@ -193,23 +240,45 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
 
 
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import config, stream, tracking, train
-    from zhpretrain import model as modeling
+    from zhpretrain import config, train
 
     stop = stop or train.GracefulStop()
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
-    modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
-    output_dir = setup(training_args, data_args)
-    main_process = training_args.process_index == 0
+    output_dir, lock = setup(training_args, data_args, run_args)
+    try:
+        return run(data_args, model_args, run_args, training_args, preset, output_dir, stop)
+    finally:
+        lock.release()
 
-    tok, datasets, meta = prepare_data(data_args, model_args, builder=training_args.local_process_index == 0,
-                                       rank=training_args.process_index, world=training_args.world_size)
+
+def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop) -> int:
+    from zhpretrain import blocks, rundir, stream, tracking, train
+    from zhpretrain import model as modeling
+
+    main_process = training_args.process_index == 0
+    shape_config = modeling.check_shape(model_args, data_args.block_size)  # before hours of tokenizing, not after
+    checkpoint = rundir.last_checkpoint(output_dir, move_aside=main_process)
+    source = data_source(data_args)
+    run_identity = identity(source, training_args, shape_config)
+    changed = bool(checkpoint) and rundir.check_identity(output_dir, checkpoint, run_identity, run_args.allow_resume_changes)
+
+    tok, datasets, meta = prepare_data(data_args, model_args, source, builder=training_args.local_process_index == 0,
+                                       rank=training_args.process_index, world=training_args.world_size, resumed=checkpoint)
+    run_identity["tokenizer"] = blocks.tokenizer_digest(tok)
+    if checkpoint:
+        rundir.check_identity(output_dir, checkpoint, {"tokenizer": run_identity["tokenizer"]}, allow=False)
+    if main_process:
+        rundir.write_identity(output_dir, {**run_identity, **({"continued_with_changes_from": checkpoint} if changed else {})})
     stats = describe_data(meta, output_dir, main_process)
-    model, params, checkpoint, done = build(model_args, training_args, tok, data_args.block_size)
+    model, params, done = build(model_args, training_args, tok, data_args.block_size, checkpoint)
     shape = train.RunShape(batch_shape(training_args, data_args.block_size, data_args.streaming))
     if checkpoint:
         shape.check(checkpoint)
+    if main_process:
+        problem = rundir.space_problem(output_dir, 2 * rundir.checkpoint_bytes(params["parameters"]), "a checkpoint and final/")
+        if problem:
+            print(f"warning: {problem}; saving will stop the run with a clear message when space runs out.", flush=True)
     if data_args.streaming:
         training_args.ignore_data_skip = True  # the stream restores its own position: no replay of skipped batches
         if checkpoint and not done:
@@ -222,11 +291,13 @@ def main(argv=None, stop=None) -> int:
                                  "data_stats": stats, **params, **shape.shape})
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
                                    enabled=not train.sharded(training_args))
-    callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
+    guard = train.Guard(stop, params["parameters"])
+    callbacks = [stop, guard, shape, samples, train.Manifest()] + ([run.callback] if run.callback else [])
     if data_args.streaming:
         callbacks.append(train.StreamPosition(datasets["train"], training_args.process_index))
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
+    guard.trainer = trainer
     try:
         if not fit(trainer, stop, checkpoint, done, output_dir):
             return 130

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from zhpretrain import blocks, tokenizer
+from zhpretrain import blocks, cache, tokenizer
 
 TEXTS = [f"第{i}篇：" + "陕西省是中国的一个省。" * (i % 7 + 1) for i in range(300)]
 
@@ -16,7 +16,8 @@ def test_blocks_keep_every_token_but_the_last_partial_block(tmp_path):
     t = tok()
     docs = [("test" if i % 10 == 0 else "train", text) for i, text in enumerate(TEXTS)]
     byte_counts = {"train": 11, "test": 22}
-    meta = blocks.build(iter(docs), t, 64, tmp_path / "b", byte_counts)
+    cache.write(tmp_path / "b", lambda tmp: blocks.write(tmp, iter(docs), t, 64, byte_counts))
+    meta = blocks.load(tmp_path / "b")
     ids = [t(text)["input_ids"] + [t.eos_token_id] for _, text in docs if _ == "train"]
     flat = [x for doc in ids for x in doc]
     train = meta["stats"]["train"]
@@ -28,7 +29,7 @@ def test_blocks_keep_every_token_but_the_last_partial_block(tmp_path):
     assert got.tolist() == flat[:train["tokens_in_blocks"]]
     item = data["train"][0]
     assert item["input_ids"].shape == (64,) and item["labels"] is item["input_ids"]
-    assert json.loads((tmp_path / "b" / "meta.json").read_text()) == meta == blocks.load(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "meta.json").read_text()) == meta
 
 
 def test_a_build_that_dies_leaves_no_cache(tmp_path):
@@ -37,7 +38,7 @@ def test_a_build_that_dies_leaves_no_cache(tmp_path):
         raise KeyboardInterrupt  # killed mid-way
 
     try:
-        blocks.build(docs(), tok(), 64, tmp_path / "b", {"train": 0, "test": 0})
+        cache.write(tmp_path / "b", lambda tmp: blocks.write(tmp, docs(), tok(), 64, {"train": 0, "test": 0}))
     except KeyboardInterrupt:
         pass
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
@@ -51,3 +52,22 @@ def test_cache_key_changes_with_tokenizer_and_block_size(tmp_path):
     assert blocks.cache_folder(tmp_path, base) != blocks.cache_folder(tmp_path, {**base, "block_size": 128})
     t.add_special_tokens({"additional_special_tokens": ["<x>"]})
     assert blocks.cache_folder(tmp_path, base) != blocks.cache_folder(tmp_path, {**base, "tokenizer": blocks.tokenizer_digest(t)})
+
+
+def test_a_huge_document_is_tokenized_in_pieces_to_the_same_tokens_and_one_eos():
+    t = tok()
+    normal = "陕西省是中国的一个省。\n" * 40
+    huge = normal * 400  # 200,000 characters: cut into pieces at line breaks
+    assert len(huge) > 2 * blocks.PIECE_CHARS
+    ids = blocks.encode(t, [huge, "长江"]).tolist()
+    # A second implementation: each line tokenized alone (line breaks end pre-tokens, so cuts there change nothing).
+    expected = [x for line in huge.splitlines(keepends=True) for x in t(line)["input_ids"]] + [t.eos_token_id]
+    assert ids == expected + t("长江")["input_ids"] + [t.eos_token_id]
+    assert ids.count(t.eos_token_id) == 2
+
+
+def test_the_largest_document_of_each_split_is_counted(tmp_path):
+    docs = [("train", "短文。"), ("test", "测试" * 10), ("test", "长" * 1000), ("train", "a" * 50)]
+    cache.write(tmp_path / "b", lambda tmp: blocks.write(tmp, iter(docs), tok(), 8, {"train": 0, "test": 0}))
+    stats = blocks.load(tmp_path / "b")["stats"]
+    assert stats["test"]["largest_document_bytes"] == 3000 and stats["train"]["largest_document_bytes"] == 50

@@ -1,8 +1,9 @@
 """Training the byte-level BPE, its special tokens, its cache, and loading a local tokenizer."""
 import pytest
 
-from zhpretrain import tokenizer
-from zhpretrain.config import ModelArguments
+from conftest import write_jsonl
+from zhpretrain import cache, data, tokenizer
+from zhpretrain.config import DataArguments, ModelArguments
 from zhpretrain.errors import UserError
 
 TEXTS = ["陕西省是中华人民共和国的一个省。", "长江是中国最长的河流，全长6300公里。", "Python 3.12 于2023年发布。"] * 50
@@ -33,9 +34,12 @@ def test_cache_folder_depends_on_data_and_vocab_size_and_saves_atomically(tmp_pa
     assert a == tokenizer.cache_folder(tmp_path, {"files": [["x", 1, 2]]}, args)
     assert a != tokenizer.cache_folder(tmp_path, {"files": [["x", 1, 3]]}, args)
     assert a != tokenizer.cache_folder(tmp_path, {"files": [["x", 1, 2]]}, ModelArguments(tokenizer_vocab_size=301))
-    tokenizer.train_and_save(iter(TEXTS), args, a)
-    assert (a / "tokenizer.json").is_file() and [p.name for p in tmp_path.iterdir()] == [a.name]
-    assert len(tokenizer.load(str(a))) == len(tokenizer.train(iter(TEXTS), 300, 10**6))
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
+    cache.write(a, lambda tmp: tokenizer.train_and_save(DataArguments(train_file=str(corpus), validation_split_percentage=1), args, tmp))
+    assert (a / "tokenizer.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, "c.jsonl"])
+    held_out = {i for i in range(len(TEXTS)) if data.Split(42, 1).is_test(i)}
+    in_process = tokenizer.train(iter([t for i, t in enumerate(TEXTS) if i not in held_out]), 300, 10**6)
+    assert tokenizer.load(str(a)).backend_tokenizer.to_str() == in_process.backend_tokenizer.to_str()
 
 
 def test_load_adds_a_distinct_pad(tmp_path):
@@ -46,3 +50,30 @@ def test_load_adds_a_distinct_pad(tmp_path):
     assert loaded.pad_token_id != loaded.eos_token_id
     with pytest.raises(UserError, match="not a local folder"):
         tokenizer.load(str(tmp_path / "Qwen/Qwen2-0.5B"))
+
+
+def test_training_input_is_bounded_per_document_and_in_pieces():
+    huge = "龘" * 1_000_000  # one word of a million characters: the BPE trainer would take minutes on it
+    pieces = list(tokenizer._training_pieces(iter([huge, "短文"]), max_chars=200_000))
+    assert max(map(len, pieces)) == tokenizer.TRAIN_PIECE_CHARS
+    assert sum(map(len, pieces[:-1])) == 200_000 // 20 and pieces[-1] == "短文"
+
+
+def test_ctrl_c_stops_tokenizer_training_at_once(tmp_path):
+    """The BPE trains in a child process: an interrupt in the parent kills it instead of waiting for Rust to return."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    corpus = write_jsonl(tmp_path / "big.jsonl", [{"text": "".join(chr(0x4E00 + (i * 7919 + j) % 20000) for j in range(2000))}
+                                                  for i in range(3000)])
+    args = ModelArguments(tokenizer_vocab_size=30000, tokenizer_train_max_chars=6_000_000)
+    threading.Timer(3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        tokenizer.train_and_save(DataArguments(train_file=str(corpus)), args, tmp_path / "out")
+    assert time.time() - start < 15
+    assert multiprocessing.active_children() == []  # the child was killed, not left training
+    assert not (tmp_path / "out" / "tokenizer.json").exists()

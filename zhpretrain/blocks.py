@@ -1,10 +1,7 @@
 """Concatenate documents with EOS between them, cut them into fixed-length blocks, count them, and cache them on disk."""
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cache
+
 BATCH_DOCS = 512  # documents per tokenizer call: large enough for the Rust tokenizer to use every core
+BATCH_CHARS = 1 << 22  # ... and at most this many characters, so one call stays short (Ctrl-C) and small (memory)
+PIECE_CHARS = 1 << 16  # documents longer than this are tokenized in pieces
 SPLITS = ("train", "test")
 
 
@@ -33,16 +34,46 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
+def _pieces(text: str):
+    """A document cut into pieces of at most PIECE_CHARS characters, at a line break where there is one near the cut.
+
+    A 50 MB document without a break would otherwise go to the Rust tokenizer in one call: minutes that no Ctrl-C can
+    interrupt, and gigabytes of memory. Normal articles are far shorter and go in whole."""
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        cut = text.rfind("\n", start + PIECE_CHARS // 2, start + PIECE_CHARS) + 1 or start + PIECE_CHARS
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def encode(tokenizer, texts: list[str], dtype=np.int64) -> np.ndarray:
     """The texts as one flat token array, each document followed by EOS so documents stay apart once concatenated."""
-    eos = tokenizer.eos_token_id
-    ids = [e.ids + [eos] for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    return np.fromiter((t for doc in ids for t in doc), dtype=dtype, count=sum(map(len, ids)))
+    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
+    out, batch, chars = [], [], 0  # batch: (piece, whether it ends its document)
+
+    def run() -> None:
+        encoded = tokenizer.backend_tokenizer.encode_batch_fast([p for p, _ in batch], add_special_tokens=False)
+        for e, (_, ends) in zip(encoded, batch):
+            out.append(np.array(e.ids, dtype=dtype))
+            if ends:
+                out.append(eos)
+
+    for text in texts:
+        pieces = list(_pieces(text))
+        for j, piece in enumerate(pieces):
+            batch.append((piece, j == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                run()
+                batch, chars = [], 0
+    if batch:
+        run()
+    return np.concatenate(out) if out else np.zeros(0, dtype)
 
 
 def cache_folder(cache_root: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root / f"blocks-{digest}"
+    return cache.folder(cache_root, "blocks", key)
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -57,16 +88,15 @@ def _progress(stats: dict, start: float, final: bool = False) -> None:
     print(f"tokenizing: {docs:,} documents, {tokens:,} tokens, {rate:,.0f} tokens/s", end=end, file=sys.stderr, flush=True)
 
 
-def build(docs: Iterable[tuple[str, str]], tokenizer, block_size: int, folder: Path, byte_counts: dict) -> dict:
-    """Tokenize (split, text) pairs into <folder>/{train,test}.bin and return the data statistics.
+def write(folder: Path, docs: Iterable[tuple[str, str]], tokenizer, block_size: int, byte_counts: dict) -> None:
+    """Tokenize (split, text) pairs into <folder>/{train,test}.bin and their statistics into <folder>/meta.json.
 
-    Written into a temporary folder renamed into place at the end, so a killed run never leaves a cache that looks whole."""
+    The caller (cache.once) gives a temporary folder and renames it into place when this returns."""
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    files = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
-    stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
+    files = {s: open(folder / f"{s}.bin", "wb") for s in SPLITS}
+    stats = {s: {"documents": 0, "tokens": 0, "largest_document_bytes": 0} for s in SPLITS}
     pending = {s: [] for s in SPLITS}
+    pending_chars = dict.fromkeys(SPLITS, 0)
     start, last = time.perf_counter(), 0.0
 
     def flush(split: str) -> None:
@@ -74,12 +104,15 @@ def build(docs: Iterable[tuple[str, str]], tokenizer, block_size: int, folder: P
         files[split].write(flat.tobytes())
         stats[split]["documents"] += len(pending[split])
         stats[split]["tokens"] += len(flat)
-        pending[split] = []
+        pending[split], pending_chars[split] = [], 0
 
     try:
         for split, text in docs:
             pending[split].append(text)
-            if len(pending[split]) >= BATCH_DOCS:
+            pending_chars[split] += len(text)
+            if len(text) * 4 > stats[split]["largest_document_bytes"]:  # cheap bound first: encoding is the costly part
+                stats[split]["largest_document_bytes"] = max(stats[split]["largest_document_bytes"], len(text.encode()))
+            if len(pending[split]) >= BATCH_DOCS or pending_chars[split] >= BATCH_CHARS:
                 flush(split)
                 if time.perf_counter() - last > 2:
                     last = time.perf_counter()
@@ -87,26 +120,17 @@ def build(docs: Iterable[tuple[str, str]], tokenizer, block_size: int, folder: P
         for split in SPLITS:
             if pending[split]:
                 flush(split)
-        for f in files.values():
-            f.close()
-        for split, s in stats.items():
-            s["blocks"] = s["tokens"] // block_size
-            s["tokens_in_blocks"] = s["blocks"] * block_size
-            s["bytes"] = byte_counts[split]
-        meta = {"dtype": np.dtype(dtype).name, "block_size": block_size, "stats": stats,
-                "seconds": round(time.perf_counter() - start, 2)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _progress(stats, start, final=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another node sharing this cache finished first: keep its copy
-            if not folder.exists():
-                raise
     finally:
         for f in files.values():
             f.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+    for split, s in stats.items():
+        s["blocks"] = s["tokens"] // block_size
+        s["tokens_in_blocks"] = s["blocks"] * block_size
+        s["bytes"] = byte_counts[split]
+    meta = {"dtype": np.dtype(dtype).name, "block_size": block_size, "stats": stats,
+            "seconds": round(time.perf_counter() - start, 2)}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    _progress(stats, start, final=True)
 
 
 def load(folder: Path) -> dict | None:

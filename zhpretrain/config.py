@@ -57,6 +57,8 @@ class RunArguments:
     sample_prompts: list[str] = field(default_factory=lambda: ["陕西省是", "中国的首都", "数学是"], metadata={"help": "Prompts continued at each evaluation and logged as text."})
     prompt: str = field(default="陕西省是", metadata={"help": "Prompt continued once training ends."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+    allow_resume_changes: bool = field(default=False, metadata={"help": "Resume a checkpoint although the data or the training hyper-parameters changed since it was started (its tokenizer and model shape are kept)."})
+    allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
 
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)

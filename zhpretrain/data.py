@@ -1,8 +1,12 @@
 """Find the data files, read their documents lazily, drop empty texts, and split them into train and test."""
+import bz2
 import codecs
 import glob
+import gzip
 import hashlib
+import importlib.util
 import json
+import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +17,10 @@ import numpy as np
 from .errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+# Files a downloaded dataset folder holds beside its data: never trained on, never reported as malformed.
+METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "config.json", "manifest.json"}
+NOT_DATA_PREFIXES = ("readme", "license", "licence", "copying", "notice", "citation", "changelog")
 TEXT_COLUMNS = ("text", "completion", "content")
 CHUNK = 1 << 20  # bytes read at a time from a JSON array: bounded memory whatever the file size
 
@@ -27,29 +35,91 @@ class ReadStats:
     bytes: dict = field(default_factory=lambda: {"train": 0, "test": 0})
 
 
-def find_files(spec: str, what: str = "train_file") -> list[str]:
-    """Expand a path, directory or glob into a sorted list of data files, or say clearly why there are none."""
+def _is_data(path: Path, top: Path) -> bool:
+    """The rule for files found in a directory or by a glob (see the README): a data file ends in a data suffix (optionally
+    compressed), is not hidden nor inside a hidden folder, and is not a README, LICENSE or dataset metadata file."""
+    parts = path.relative_to(top).parts if path.is_relative_to(top) else (path.name,)
+    name = path.name.lower()
+    return (not any(p.startswith(".") for p in parts) and name not in METADATA and not name.startswith(NOT_DATA_PREFIXES)
+            and _plain_name(name).endswith(SUFFIXES))
+
+
+def _plain_name(name: str) -> str:
+    return name.removesuffix(next((c for c in COMPRESSED if name.endswith(c)), ""))
+
+
+def data_files(spec: str, what: str = "train_file") -> tuple[list[str], list[str]]:
+    """Expand a path, directory or glob into (data files, files skipped as not data), or say clearly why there are none."""
     if any(c in spec for c in "*?["):
-        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        if not paths:
+        found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not found:
             raise UserError(f"{what} '{spec}' matches no file. Check the pattern (quote it so the shell does not expand it).")
+        top = Path(glob.escape(spec.split("*")[0].split("?")[0].split("[")[0]) or ".").parent
     elif os.path.isdir(spec):
-        paths = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-        if not paths:
-            raise UserError(f"{what} '{spec}' is a directory with no data files in it ({', '.join(SUFFIXES)}).")
+        found, top = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file()), Path(spec)
     elif os.path.isfile(spec):
-        paths = [spec]
+        if not _plain_name(spec.lower()).endswith(SUFFIXES):
+            raise UserError(f"{what}: cannot read '{spec}': data files must end in {', '.join(SUFFIXES)} "
+                            f"(optionally compressed: {', '.join(COMPRESSED)}).")
+        found, top = [spec], Path(spec).parent
     else:
         raise UserError(f"{what} '{spec}' does not exist. Give a file, a directory or a glob of {', '.join(SUFFIXES)} files.")
-    odd = [p for p in paths if not p.endswith(SUFFIXES)]
-    if odd:
-        raise UserError(f"{what}: cannot read '{odd[0]}': data files must end in {', '.join(SUFFIXES)}.")
-    return paths
+    paths = [p for p in found if _is_data(Path(p), top)]
+    if not paths:
+        raise UserError(f"{what} '{spec}' is a directory with no data files in it ({', '.join(SUFFIXES)}, optionally "
+                        f"compressed); skipped: {', '.join(found[:5]) or 'nothing'}.")
+    for p in paths:
+        _check_readable(p)
+    return paths, [p for p in found if p not in set(paths)]
 
 
-def fingerprint(paths: list[str]) -> list:
-    """Name, size and modification time of each file: enough to notice that the data changed."""
-    return [[os.path.abspath(p), os.path.getsize(p), int(os.stat(p).st_mtime_ns)] for p in paths]
+def find_files(spec: str, what: str = "train_file") -> list[str]:
+    return data_files(spec, what)[0]
+
+
+def _check_readable(path: str) -> None:
+    name = path.lower()
+    if name.endswith(".zst") and importlib.util.find_spec("zstandard") is None:
+        raise UserError(f"{path} is zstd-compressed and the zstandard package is not installed. Run `pip install zstandard`, "
+                        f"or decompress it first with `zstd -d {path}`.")
+    if _plain_name(name).endswith(".parquet") and name != _plain_name(name):
+        raise UserError(f"{path}: a compressed parquet file cannot be read (parquet compresses its own columns). "
+                        "Decompress it first.")
+
+
+def _open(path: str):
+    """The file's bytes, decompressed when its name says it is compressed (byte offsets count decompressed bytes)."""
+    name = path.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+def fingerprint(paths: list[str]) -> list[dict]:
+    """Each file's path, size, modification time and a digest of samples of its content.
+
+    The cache keys use all of it; a run's identity compares size and content only, so a copied or touched file is the
+    same data and a grown or edited one is not."""
+    return [{"path": os.path.abspath(p), "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns,
+             "sample": _sample_digest(p)} for p in paths]
+
+
+def _sample_digest(path: str, windows: int = 16, width: int = 1 << 16) -> str:
+    """blake2b of 16 windows of 64 KB spread evenly over the file: 1 MB read whatever its size."""
+    size, h = os.path.getsize(path), hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for i in range(windows):
+            f.seek(max(0, (size - width) * i // max(windows - 1, 1)))
+            h.update(f.read(width))
+    return h.hexdigest()
 
 
 # ---- readers: each yields (where, record, offset): `where` names the file and line for error messages, and `offset`
@@ -62,7 +132,7 @@ def _bad(where: str, what: str, skip: bool, stats: ReadStats) -> None:
 
 
 def _first_char(path: str) -> bytes:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1]
 
@@ -70,7 +140,7 @@ def _first_char(path: str) -> bytes:
 def _json_lines(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     # Split on b"\n" only: the corpus holds raw U+2028 inside texts, which str.splitlines() would cut.
     offset = start
-    with open(path, "rb") as f:
+    with _open(path) as f:
         f.seek(start)
         for number, raw in enumerate(f, 1):
             begin, offset = offset, offset + len(raw)
@@ -130,7 +200,7 @@ def _json_array(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iter
                 return buf[i] if i < len(buf) else ""
             more()
 
-    with open(path, "rb") as f:
+    with _open(path) as f:
         f.seek(start)
         if not start:
             if skip_space() != "[":
@@ -186,7 +256,7 @@ def _parquet(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterato
 def _txt(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     # A .txt file holds documents separated by blank lines.
     lines, begin, offset = [], start, start
-    with open(path, "rb") as f:
+    with _open(path) as f:
         f.seek(start)
         for raw in f:
             size = len(raw)
@@ -212,7 +282,7 @@ def _txt(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tu
 def _records(path: str, skip: bool, stats: ReadStats, start: int = 0) -> Iterator[tuple[str, object, int]]:
     if path.endswith(".parquet"):
         return _parquet(path, skip, stats, start)
-    if path.endswith(".txt"):
+    if _plain_name(path.lower()).endswith(".txt"):
         return _txt(path, skip, stats, start)
     first = _first_char(path)
     if not first:

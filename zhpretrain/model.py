@@ -17,21 +17,70 @@ def _read(model_args):
                         f"{REPO / 'configs' / 'models'} or a folder holding a config.json.")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+        layers = getattr(config, "num_hidden_layers", None)
         if model_args.config_overrides:
             config.update_from_string(model_args.config_overrides)
     except (OSError, ValueError) as e:
         raise UserError(f"Could not read the model config {path} with overrides '{model_args.config_overrides or ''}': {e}. "
                         "Fix the file, or use key=value pairs separated by commas in --config_overrides.") from None
+    _follow_depth(config, layers, path)
     return path, config
 
 
-def check_positions(model_args, block_size: int) -> None:
-    """block_size must fit the model's position limit: cheap to check from the config alone."""
-    path, config = _read(model_args)
+def _follow_depth(config, old_layers: int | None, path: str) -> None:
+    """Per-layer lists (Qwen2's layer_types) keep their old length when num_hidden_layers is overridden: a deeper model
+    then fails to build and a shallower one fails at its first save, hours later. A uniform list follows the new depth;
+    a mixed one cannot be guessed."""
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers == old_layers:
+        return
+    for name in ("layer_types", "mlp_layer_types"):
+        values = getattr(config, name, None)
+        if not isinstance(values, list) or len(values) == layers:
+            continue
+        if len(set(values)) > 1:
+            raise UserError(f"{path} lists {len(values)} different {name} ({', '.join(sorted(set(values)))}), one per layer, "
+                            f"so num_hidden_layers={layers} cannot be applied by --config_overrides. Copy {path}, set "
+                            f"num_hidden_layers and {name} there, and pass it as --model_config.")
+        setattr(config, name, values[:1] * layers)
+
+
+def check_config(config, model_args, block_size: int) -> None:
+    """Refuse a shape that cannot train or cannot be saved, before any tokenizing or training."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    explicit_head_dim = getattr(config, "head_dim", None)
+    problems = []
+    if heads and hidden and hidden % heads and not explicit_head_dim:
+        problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: each head would be "
+                        f"{hidden / heads:g} wide")
+    if heads and kv_heads and heads % kv_heads:
+        problems.append(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads} "
+                        "(grouped-query attention shares each key/value head among a whole number of query heads)")
+    head_dim = explicit_head_dim or (hidden // heads if heads and hidden else None)
+    if head_dim and getattr(config, "rope_parameters", None) and head_dim % 2:
+        problems.append(f"the head dimension {head_dim} is odd, and rotary position embeddings rotate pairs of dimensions")
+    if not problems:
+        try:
+            config.validate()
+        except Exception as e:  # huggingface_hub's strict-dataclass errors wrap a ValueError; the message is what matters
+            problems.append(" ".join(str(e).split()))
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and block_size > positions:
-        raise UserError(f"block_size {block_size} is larger than the model's position limit {positions} "
-                        f"({Path(path).name}). Lower --block_size or raise max_position_embeddings in --config_overrides.")
+        problems.append(f"block_size {block_size} is larger than the position limit max_position_embeddings {positions}")
+    if problems:
+        raise UserError(f"The model shape from {Path(model_args.model_config).name} with --config_overrides "
+                        f"'{model_args.config_overrides or ''}' "
+                        f"cannot train: {'; '.join(problems)}. Fix --config_overrides or --model_config (or --block_size); "
+                        "nothing was tokenized or trained yet.")
+
+
+def check_shape(model_args, block_size: int):
+    """The shape checks that need only the config: run before hours of tokenizing, not after. Returns the config."""
+    config = _read(model_args)[1]
+    check_config(config, model_args, block_size)
+    return config
 
 
 def build_config(model_args, tokenizer, block_size: int):
@@ -41,10 +90,10 @@ def build_config(model_args, tokenizer, block_size: int):
     if config.vocab_size < len(tokenizer):
         raise UserError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}. "
                         f"Remove vocab_size from config_overrides or set it to at least {len(tokenizer)}.")
-    check_positions(model_args, block_size)
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
+    check_config(config, model_args, block_size)
     return config
 
 

@@ -1,19 +1,17 @@
 """Load a tokenizer, or train a byte-level BPE on the training split and cache it."""
-import ctypes
-import hashlib
-import json
+import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from . import cache
 from .errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+TRAIN_PIECE_CHARS = 2000  # longest text the BPE trainer sees at once
 # Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
 SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
@@ -36,25 +34,25 @@ def load(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def _release_memory() -> None:
-    # The BPE trainer's pair index is large (~0.23 GB per million characters of Chinese) and glibc keeps the freed
-    # heap; hand it back so the tokenization that follows does not carry it.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+def _training_pieces(texts: Iterator[str], max_chars: int) -> Iterator[str]:
+    """What the BPE trainer sees: at most max_chars characters in all, at most 1/20 of them from any one document, in
+    pieces of at most TRAIN_PIECE_CHARS characters.
+
+    The trainer's cost grows with the length of the longest pre-tokenized word, and a document without spaces or
+    punctuation (a base64 blob, a table dump) is one word: 50 MB of it kept the trainer busy for over 11 minutes.
+    Cutting pieces bounds every word; the per-document share keeps one huge document from choosing the vocabulary."""
+    seen, per_document = 0, max(max_chars // 20, TRAIN_PIECE_CHARS)
+    for text in texts:
+        text = text[:per_document]
+        for start in range(0, len(text), TRAIN_PIECE_CHARS):
+            yield text[start:start + TRAIN_PIECE_CHARS]
+        seen += len(text)
+        if seen >= max_chars:
+            return
 
 
 def train(texts: Iterator[str], vocab_size: int, max_chars: int):
     """Train a byte-level BPE (NFC-normalised, Qwen2-style split) on texts, stopping after max_chars characters."""
-    def sample():
-        seen = 0
-        for text in texts:
-            yield text
-            seen += len(text)
-            if seen >= max_chars:
-                return
-
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -64,26 +62,48 @@ def train(texts: Iterator[str], vocab_size: int, max_chars: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(sample(), trainer=trainer)
-    _release_memory()
+    tok.train_from_iterator(_training_pieces(texts, max_chars), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=1 << 30)
 
 
 def cache_folder(cache_root: Path, source: dict, model_args) -> Path:
     """Where the BPE trained on this data, split and vocabulary size is cached."""
-    key = {**source, "vocab_size": model_args.tokenizer_vocab_size, "max_chars": model_args.tokenizer_train_max_chars}
-    return cache_root / f"tokenizer-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+    return cache.folder(cache_root, "tokenizer", {**source, "vocab_size": model_args.tokenizer_vocab_size,
+                                                  "max_chars": model_args.tokenizer_train_max_chars})
 
 
-def train_and_save(texts: Iterator[str], model_args, folder: Path) -> None:
-    tok = train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+def _train_child(data_args, model_args, folder: Path, result) -> None:
+    from . import data
+
     try:
-        tok.save_pretrained(tmp)
-        os.rename(tmp, folder)  # atomic: a killed run never leaves a half-written tokenizer behind
-    except OSError:
-        if not folder.exists():
-            raise
+        texts = (t for _, t in data.documents(data_args, data.ReadStats(), "train"))
+        train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars).save_pretrained(folder)
+        result.send(None)
+    except UserError as e:
+        result.send(str(e))
+
+
+def train_and_save(data_args, model_args, folder: Path) -> None:
+    """Train the BPE on the training split and save it into folder, in a child process.
+
+    The trainer runs in Rust without returning to Python, so in this process no Ctrl-C or SIGTERM could reach it;
+    the parent waits in short slices, stays interruptible, and kills the child. The child's exit also hands the
+    trainer's large heap back to the system."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_train_child, args=(data_args, model_args, folder, send), daemon=True)
+    child.start()
+    try:
+        while child.is_alive():
+            child.join(0.2)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if child.exitcode != 0:
+        raise UserError(f"Training the tokenizer failed: its process ended with exit code {child.exitcode} "
+                        "(a negative code is the signal that killed it; -9 is often the out-of-memory killer). "
+                        "Lower --tokenizer_train_max_chars, or pass a ready tokenizer with --tokenizer_name_or_path.")
+    error = receive.recv() if receive.poll() else None
+    if error:
+        raise UserError(error)

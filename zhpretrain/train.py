@@ -2,20 +2,16 @@
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, default_data_collator
 
+from . import rundir
 from .errors import UserError
-
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
 
 class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
@@ -24,6 +20,7 @@ class PretrainTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
         self._clock = None  # (time, global_step) of the last training log
+        self.nonfinite_losses = None  # a device tensor: non-finite micro-batch losses since the start
 
     def get_train_dataloader(self):
         from .stream import StreamingBlocks
@@ -37,12 +34,10 @@ class PretrainTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # The Trainer would quietly replace a NaN loss in its logs by the running mean; stop before it is saved instead.
-        if not torch.isfinite(loss):
-            good = last_checkpoint(self.args.output_dir)
-            raise UserError(f"The training loss became {loss.item()} at step {self.state.global_step + 1}. Nothing was saved "
-                            f"after it; the last good checkpoint is {good or 'none (no checkpoint was written yet)'}. "
-                            "Lower --learning_rate or raise --warmup_steps, then run the same command to resume from it.")
+        # Counted on the device and read only at logging and saving steps (Guard): reading it here would make the host
+        # wait for the device every micro-step. The Trainer would quietly replace a NaN loss in its logs by the running mean.
+        bad = (~torch.isfinite(loss.detach())).sum()
+        self.nonfinite_losses = bad if self.nonfinite_losses is None else self.nonfinite_losses + bad
         return loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
@@ -98,29 +93,83 @@ class GracefulStop(TrainerCallback):
             print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again exits at once)", file=sys.stderr, flush=True)
         self.requested = True
 
-    def _anyone_requested(self, args) -> bool:
-        # Ranks may get the signal a step apart: agree on it, or one rank would wait forever in the next all-reduce.
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self.requested
-        flag = torch.tensor([int(self.requested)], device=args.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._anyone_requested(args):
-            control.should_save, control.should_training_stop = True, True
-            self.stopped_at = state.global_step
+class Guard(TrainerCallback):
+    """At every logging and saving step, all ranks agree (one all-reduce) on: a stop request (Ctrl-C, SIGTERM), a
+    non-finite loss since the last check, and, before a checkpoint is written, non-finite weights and too little disk.
 
+    Agreeing matters: under FSDP or ZeRO a rank that raised alone would leave the others waiting forever inside the
+    collective save. Checking only at those steps keeps the host from waiting on the device every step; the cost is that
+    a stop or a NaN loss is acted on at the next logging step (at most logging_steps later; one process stops at once).
+    No checkpoint is ever written with non-finite weights: those are checked before every save."""
 
-class FiniteWeights(TrainerCallback):
-    """Before a checkpoint is written, make sure the weights are finite: a NaN gradient poisons them a step before the loss."""
+    def __init__(self, stop: "GracefulStop", parameters: int):
+        self.stop, self.parameters, self.trainer, self.checked = stop, parameters, None, 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if control.should_save and model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
-            good = last_checkpoint(args.output_dir)
-            raise UserError(f"The weights became NaN or infinite at step {state.global_step}, so no checkpoint was written; "
-                            f"the last good checkpoint is {good or 'none (no checkpoint was written yet)'}. Lower --learning_rate, "
-                            "raise --warmup_steps or keep --max_grad_norm, then run the same command to resume from it.")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        due = control.should_log or control.should_save or control.should_evaluate or control.should_training_stop
+        if not due and (distributed or not self.stop.requested):
+            return
+        losses = self.trainer.nonfinite_losses if self.trainer.nonfinite_losses is not None else 0
+        stop, nan_loss = _agree([self.stop.requested, losses], args.device)
+        first, self.checked = self.checked + 1, state.global_step
+        if nan_loss:
+            when = f"at step {state.global_step}" if first == state.global_step else f"between steps {first} and {state.global_step}"
+            raise UserError(f"The training loss became NaN or infinite {when}. " + _last_good(args, state))
+        if stop:
+            control.should_save, control.should_training_stop = True, True
+            self.stop.stopped_at = state.global_step
+        if control.should_save:
+            bad_weights, low_space = _agree([not _finite(model), state.is_world_process_zero and _low_space(args, self.parameters)],
+                                            args.device)
+            if bad_weights:
+                raise UserError(f"The weights became NaN or infinite at step {state.global_step}, so no checkpoint was written. "
+                                + _last_good(args, state))
+            if low_space:
+                raise UserError(f"Not enough disk space to write checkpoint-{state.global_step}: "
+                                f"{rundir.space_problem(Path(args.output_dir), rundir.checkpoint_bytes(self.parameters), 'a checkpoint')}. "
+                                f"Nothing was written; {_newest(args)}. Free some space (or lower --save_total_limit), "
+                                "then run the same command to continue.")
+
+
+def _agree(flags: list, device) -> list[bool]:
+    """Each flag set on any rank (a logical OR across ranks): one all-reduce, one read back to the host."""
+    t = torch.stack([torch.as_tensor(f, device=device).reshape(()).int() for f in flags])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _finite(model) -> torch.Tensor:
+    """Whether this rank's weights are finite: its own shard under FSDP (DTensor) and ZeRO-3 (ds_tensor), not placeholders."""
+    if model is None:
+        return torch.tensor(True)
+    shards = [getattr(p, "ds_tensor", p) for p in model.parameters()]
+    shards = [s.to_local() if hasattr(s, "to_local") else s for s in shards]
+    return torch.stack([torch.isfinite(s).all() for s in shards if s.numel()]).all()
+
+
+def _low_space(args, parameters: int) -> bool:
+    return rundir.space_problem(Path(args.output_dir), rundir.checkpoint_bytes(parameters), "a checkpoint") is not None
+
+
+def _newest(args) -> str:
+    good = rundir.last_checkpoint(args.output_dir, move_aside=False)
+    return f"the newest complete checkpoint is {good}" if good else "no checkpoint was written yet"
+
+
+def _last_good(args, state) -> str:
+    return (f"Nothing was saved after it; {_newest(args)}. Lower --learning_rate, raise --warmup_steps or keep "
+            "--max_grad_norm, then run the same command to resume.")
+
+
+class Manifest(TrainerCallback):
+    """After the Trainer writes a checkpoint, record its files' sizes and digests, so a resume notices later damage."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            rundir.write_manifest(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class StreamPosition(TrainerCallback):
@@ -191,30 +240,6 @@ def sharded(args) -> bool:
     """FSDP or DeepSpeed, from the arguments or from an accelerate config: weights are split, so no rank-0-only generate."""
     env = any(os.environ.get(v, "false").lower() == "true" for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
     return bool(args.fsdp or args.deepspeed or env)
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is complete; older ones are skipped."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir())
-    for step, path in reversed(found):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (OSError, ValueError):
-            warnings.warn(f"{path} is incomplete (the run died while writing it); skipping it.", stacklevel=1)
-    return None
-
-
-def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
-    """The step of a checkpoint already at this run's last step (the Trainer would train one step more on resume)."""
-    if not checkpoint:
-        return None
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    last = max_steps if max_steps > 0 else state["max_steps"]  # epoch-based runs: the total the Trainer computed then
-    return state["global_step"] if 0 < last <= state["global_step"] else None
 
 
 def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int):
