@@ -127,9 +127,11 @@ def identity(data_source: dict, training_args, config) -> dict:
     training = {k: getattr(training_args, k) for k in keys if hasattr(training_args, k)}
     if training_args.max_steps <= 0:
         training["num_train_epochs"] = training_args.num_train_epochs
-    skip = {"vocab_size", "eos_token_id", "bos_token_id", "pad_token_id", "transformers_version", "_name_or_path", "dtype"}
-    return {"data": data_source, "training": json.loads(json.dumps(training, default=str)),
-            "model": {k: v for k, v in config.to_dict().items() if k not in skip}}
+    skip = {"vocab_size", "eos_token_id", "bos_token_id", "pad_token_id", "transformers_version", "_name_or_path", "dtype",
+            "id2label", "label2id"}
+    model = {k: v for k, v in config.to_dict().items() if k not in skip}
+    # As it reads back from zhpretrain_run.json (JSON has no integer keys or tuples), so equal settings compare equal.
+    return json.loads(json.dumps({"data": data_source, "training": training, "model": model}, default=str))
 
 
 def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
@@ -309,6 +311,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source line
     from zhpretrain.train import GracefulStop
 
     handler = GracefulStop()

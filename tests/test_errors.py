@@ -108,9 +108,10 @@ def test_a_failed_run_damages_nothing_written_before(tmp_path):
                 if p.is_file() and p != data}
     before = snapshot()
     lines(data, GOOD + [b"{broken\n"])  # the data changes: a new cache is built, and fails half-way
-    proc = run_pretrain(*args, cwd=tmp_path)
+    proc = run_pretrain(*args, "--allow_resume_changes", "true", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stdout and "line 61: malformed JSON" in proc.stdout
-    assert snapshot() == before
+    after = snapshot()
+    assert {name: after.get(name) for name in before} == before  # every file written before is still there, unchanged
 
 
 def test_swanlab_cloud_unreachable_warns_logs_locally_and_keeps_the_key_secret(tmp_path):
@@ -142,7 +143,7 @@ def test_a_hub_dataset_offline_fails_at_once_and_says_what_to_do(tmp_path):
 
 def test_an_unbuildable_model_shape_and_an_unwritable_cache_dir(tmp_path):
     msg = fail(tmp_path, "--model_config", "configs/models/gpt2-small.json", "--config_overrides", "n_embd=100,n_layer=1")
-    assert "Cannot build a causal language model from this config" in msg
+    assert "hidden_size 100 is not a multiple of num_attention_heads 8" in msg and "nothing was tokenized" in msg
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cache_dir '.*file/sub' cannot be written"):
         pretrain.main(["--cache_dir", str(tmp_path / "file" / "sub"), "--output_dir", str(tmp_path / "out"), "--swanlab_mode", "disabled"])

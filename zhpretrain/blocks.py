@@ -77,7 +77,16 @@ def cache_folder(cache_root: Path, key: dict) -> Path:
 
 
 def tokenizer_digest(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """A digest of what the tokenizer does. A save and reload turns some unset fields (None) into empty strings, which
+    tokenize the same: both count as empty, so a checkpoint's copy of a tokenizer has the digest of the original."""
+    def canonical(value):
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canonical(v) for v in value]
+        return "" if value is None else value
+    spec = canonical(json.loads(tokenizer.backend_tokenizer.to_str()))
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _progress(stats: dict, start: float, final: bool = False) -> None:

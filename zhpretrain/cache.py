@@ -139,7 +139,10 @@ def once(path: Path, fill: Callable[[Path], None], builder: bool, what: str) -> 
                 return
             warnings.warn(f"The {what} {path} is damaged ({problem}); rebuilding it.", stacklevel=1)
             aside = path.parent / f".{path.name}.damaged-{os.getpid()}"  # renamed first: no waiter reads a half-removed folder
-            os.rename(path, aside)
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:  # another node sharing this cache moved it first
+                pass
             shutil.rmtree(aside, ignore_errors=True)
         marker.unlink(missing_ok=True)
         try:

@@ -1,4 +1,5 @@
 """Build a GPT-style model from a config.json shape plus overrides, with a padded vocabulary, and count its parameters."""
+import json
 import os
 from pathlib import Path
 
@@ -18,13 +19,30 @@ def _read(model_args):
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
         layers = getattr(config, "num_hidden_layers", None)
+        explicit = set(_raw(path))
         if model_args.config_overrides:
             config.update_from_string(model_args.config_overrides)
+            explicit |= {kv.split("=")[0].strip() for kv in model_args.config_overrides.split(",")}
     except (OSError, ValueError) as e:
         raise UserError(f"Could not read the model config {path} with overrides '{model_args.config_overrides or ''}': {e}. "
                         "Fix the file, or use key=value pairs separated by commas in --config_overrides.") from None
     _follow_depth(config, layers, path)
+    _follow_width(config, explicit)
     return path, config
+
+
+def _raw(path: str) -> dict:
+    """The keys config.json itself sets (the config object also holds every default)."""
+    file = Path(path) / "config.json" if os.path.isdir(path) else Path(path)
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def _follow_width(config, explicit: set) -> None:
+    """Llama and Qwen2 configs store head_dim = hidden_size // num_attention_heads when built; an override of either
+    leaves it stale (attention 256 wide in a 130-wide model). Unless head_dim was set on purpose, it follows."""
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if "head_dim" not in explicit and getattr(config, "head_dim", None) and heads and hidden:
+        config.head_dim = hidden // heads
 
 
 def _follow_depth(config, old_layers: int | None, path: str) -> None:
@@ -50,15 +68,14 @@ def check_config(config, model_args, block_size: int) -> None:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    explicit_head_dim = getattr(config, "head_dim", None)
     problems = []
-    if heads and hidden and hidden % heads and not explicit_head_dim:
+    if heads and hidden and hidden % heads and (getattr(config, "head_dim", None) or hidden // heads) * heads != hidden:
         problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: each head would be "
                         f"{hidden / heads:g} wide")
     if heads and kv_heads and heads % kv_heads:
         problems.append(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads} "
                         "(grouped-query attention shares each key/value head among a whole number of query heads)")
-    head_dim = explicit_head_dim or (hidden // heads if heads and hidden else None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads and hidden else None)
     if head_dim and getattr(config, "rope_parameters", None) and head_dim % 2:
         problems.append(f"the head dimension {head_dim} is odd, and rotary position embeddings rotate pairs of dimensions")
     if not problems:
@@ -68,7 +85,7 @@ def check_config(config, model_args, block_size: int) -> None:
             problems.append(" ".join(str(e).split()))
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and block_size > positions:
-        problems.append(f"block_size {block_size} is larger than the position limit max_position_embeddings {positions}")
+        problems.append(f"block_size {block_size} is larger than the model's position limit {positions} (max_position_embeddings)")
     if problems:
         raise UserError(f"The model shape from {Path(model_args.model_config).name} with --config_overrides "
                         f"'{model_args.config_overrides or ''}' "

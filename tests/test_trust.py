@@ -1,0 +1,410 @@
+"""Trust every byte: damaged caches and checkpoints are never used, a run folder belongs to one run, hostile input is
+bounded, impossible shapes are refused before training, and machine errors end in one clear paragraph."""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pretrain
+from conftest import DEMO, REPO, run_pretrain, write_jsonl
+from test_resilience import finish, start, training_started, wait_for
+from zhpretrain import cache, data, model, rundir
+from zhpretrain.config import ModelArguments
+from zhpretrain.errors import UserError
+
+TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--logging_steps", 5,
+        "--swanlab_mode", "disabled", "--dataloader_num_workers", 0]
+
+
+def args(tmp: Path, out: str = "out", steps: int = 10, save: int = 5, *extra):
+    return [*TINY, "--max_steps", steps, "--save_steps", save, "--eval_steps", steps, "--output_dir", tmp / out,
+            "--cache_dir", tmp / "cache", *extra]
+
+
+def refused(tmp_path, *argv) -> str:
+    """Run pretrain.main in this process and return its UserError's message as one line."""
+    with pytest.raises(UserError) as e:
+        pretrain.main([*map(str, argv)])
+    return " ".join(str(e.value).split())
+
+
+def digests(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- 1. verify before use: caches
+
+def fill(files: dict):
+    def write(tmp: Path):
+        for name, content in files.items():
+            (tmp / name).write_bytes(content)
+    return write
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
+    folder = tmp_path / "blocks-x"
+    cache.once(folder, fill({"train.bin": bytes(range(256)) * 64, "meta.json": b"{}"}), builder=True, what="token cache")
+    assert cache.verify(folder) is None
+    target = folder / ("manifest.json" if damage == "manifest" else "train.bin")
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:8192])
+    elif damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[5000] ^= 1
+        target.write_bytes(bytes(raw))
+    else:
+        target.unlink()
+    assert cache.verify(folder) is not None
+    calls = []
+    with pytest.warns(UserWarning, match=r"token cache .*blocks-x is damaged \(.*\); rebuilding it"):
+        cache.once(folder, lambda tmp: (calls.append(1), fill({"train.bin": b"new", "meta.json": b"{}"})(tmp)), True, "token cache")
+    assert calls == [1] and (folder / "train.bin").read_bytes() == b"new" and cache.verify(folder) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks-x"]  # the damaged copy is gone, no temp left
+
+
+def test_a_cut_train_bin_is_noticed_end_to_end(tmp_path):
+    first = run_pretrain(*args(tmp_path, steps=2, save=2), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:]
+    stats = json.loads((tmp_path / "out" / "data_stats.json").read_text())
+    [train_bin] = (tmp_path / "cache").glob("blocks-*/train.bin")
+    train_bin.write_bytes(train_bin.read_bytes()[:train_bin.stat().st_size // 2])  # today: trains on half the blocks
+    again = run_pretrain(*args(tmp_path, "out2", steps=2, save=2), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "is damaged (train.bin is" in again.stdout and "rebuilding it" in again.stdout
+    assert json.loads((tmp_path / "out2" / "data_stats.json").read_text()) == stats
+
+
+def test_temporary_folders_of_killed_builders_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = tmp_path / f".blocks-a.tmp-{host}-{dead.pid}-xyz"
+    live = tmp_path / f".blocks-b.tmp-{host}-{os.getpid()}-xyz"
+    other_host = tmp_path / f".blocks-c.tmp-elsewhere-{dead.pid}-xyz"
+    for p in (stale, live, other_host):
+        p.mkdir()
+        (p / "train.bin").write_bytes(b"x")
+    cache.once(tmp_path / "blocks-d", fill({"a": b"1"}), builder=True, what="token cache")
+    assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def test_a_waiting_rank_stops_with_the_builders_error_instead_of_waiting_forever(tmp_path):
+    folder = tmp_path / "tokenizer-x"
+
+    def broken(tmp):
+        raise UserError("data.jsonl: line 7: malformed JSON.")
+
+    errors = []
+
+    def waiter():
+        try:
+            cache.once(folder, fill({}), builder=False, what="tokenizer cache")
+        except UserError as e:
+            errors.append(str(e))
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    with pytest.raises(UserError):
+        cache.once(folder, broken, builder=True, what="tokenizer cache")
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert errors and "The process building the tokenizer cache" in errors[0] and "line 7: malformed JSON" in errors[0]
+
+
+# ---- 1. verify before use: checkpoints
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 10-step run with checkpoints at 5 and 10."""
+    tmp = tmp_path_factory.mktemp("finished")
+    proc = run_pretrain(*args(tmp), cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return tmp
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "flipped optimizer byte", "missing scheduler", "garbage optimizer"])
+def test_checkpoint_problems_name_the_file(finished, tmp_path, damage):
+    ck = copy_run(finished / "out" / "checkpoint-10", tmp_path / "checkpoint-10")
+    assert rundir.checkpoint_problem(ck) is None
+    if damage == "truncated weights":
+        w = ck / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:1000])
+        expected = "model.safetensors is 1,000 bytes"
+    elif damage == "flipped optimizer byte":
+        raw = bytearray((ck / "optimizer.pt").read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (ck / "optimizer.pt").write_bytes(bytes(raw))
+        expected = "optimizer.pt has other contents"
+    elif damage == "missing scheduler":
+        (ck / "scheduler.pt").unlink()
+        expected = "scheduler.pt is missing"
+    else:  # no manifest to compare with (a run killed just before writing it): the file itself must load
+        (ck / rundir.MANIFEST).unlink()
+        (ck / "optimizer.pt").write_bytes(b"not a torch file")
+        expected = "optimizer.pt does not load"
+    assert expected in rundir.checkpoint_problem(ck)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(finished, tmp_path):
+    out = copy_run(finished / "out", tmp_path / "out")
+    copy_run(finished / "cache", tmp_path / "cache")
+    weights = out / "checkpoint-10" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
+    proc = run_pretrain(*args(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert "checkpoint-10 is incomplete or damaged (model.safetensors is" in proc.stdout
+    assert "resuming from" in proc.stdout and "checkpoint-5" in proc.stdout.split("resuming from")[1].splitlines()[0]
+    assert (out / "damaged-checkpoint-10").is_dir() and rundir.checkpoint_problem(out / "checkpoint-10") is None
+    a, b = load_file(finished / "out" / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+# ---- 2. a run folder belongs to one run
+
+def test_a_second_run_into_a_training_folder_is_refused_at_once(tmp_path):
+    first = start(args(tmp_path, steps=100000, save=100000), tmp_path)
+    try:
+        training_started(first)
+        t = time.time()
+        second = run_pretrain(*args(tmp_path, steps=100000, save=100000), cwd=tmp_path)
+        assert second.returncode == 2 and "Traceback" not in second.stdout and time.time() - t < 60
+        assert f"process {first.pid} on host {socket.gethostname()}" in second.stdout and "Another run is training" in second.stdout
+        assert first.poll() is None  # the first run goes on
+    finally:
+        os.kill(first.pid, 2)
+        out = finish(first, timeout=120)
+    assert first.returncode == 130, out[-3000:]
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                                             "started": "2026-11-24 01:02:03", "command": "pretrain.py"}))
+    proc = run_pretrain(*args(tmp_path, steps=1, save=1), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"was left by process {dead.pid} on host {socket.gethostname()}" in proc.stdout and "no longer running" in proc.stdout
+    assert (tmp_path / "out" / rundir.LOCK).read_text() == ""  # released cleanly at the end
+
+
+def test_a_lock_held_by_a_live_process_refuses_the_run(tmp_path):
+    import fcntl
+
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / rundir.LOCK, "w") as f:
+        f.write(json.dumps({"host": "gpu-node-7", "pid": 4242, "started": "2026-11-24 01:02:03", "command": "pretrain.py"}))
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        msg = refused(tmp_path, *args(tmp_path))
+    assert "process 4242 on host gpu-node-7" in msg and "another --output_dir" in msg
+
+
+def test_grown_data_is_refused_then_continued_with_the_checkpoints_tokenizer(tmp_path):
+    corpus = copy_run(DEMO, tmp_path / "corpus.jsonl")
+    common = [*TINY, "--save_steps", 5, "--eval_steps", 5, "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache",
+              "--train_file", corpus]
+    first = run_pretrain(*common, "--max_steps", 5, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:]
+    tokenizer_before = (tmp_path / "out" / "checkpoint-5" / "tokenizer.json").read_bytes()
+    with open(corpus, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "新加的文章。" * 200}, ensure_ascii=False) + "\n")
+    again = run_pretrain(*common, "--max_steps", 10, cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stdout
+    assert f"corpus.jsonl was {DEMO.stat().st_size:,} bytes, is now" in again.stdout and "max_steps: 5 -> 10" in again.stdout
+    assert "--allow_resume_changes true" in again.stdout
+    assert "tokenizer:" not in again.stdout  # refused before any tokenizer was trained
+    go_on = run_pretrain(*common, "--max_steps", 10, "--allow_resume_changes", "true", cwd=tmp_path)
+    assert go_on.returncode == 0, go_on.stdout[-3000:]
+    assert "continuing checkpoint-5 with changed settings" in go_on.stdout and "(the one saved in" in go_on.stdout
+    assert (tmp_path / "out" / "final" / "tokenizer.json").read_bytes() == tokenizer_before
+
+
+def test_a_finished_run_rerun_with_other_settings_is_refused_and_its_model_kept(finished, tmp_path):
+    out = copy_run(finished / "out", tmp_path / "out")
+    before = digests(out / "final")
+    msg = refused(tmp_path, *args(tmp_path), "--learning_rate", 1e-4, "--seed", 7)
+    assert "learning_rate: 0.002 -> 0.0001" in msg and "seed: 42 -> 7" in msg and "new --output_dir" in msg
+    assert digests(out / "final") == before
+
+
+def test_a_changed_model_shape_is_refused_even_when_changes_are_allowed(finished, tmp_path):
+    copy_run(finished / "out", tmp_path / "out")
+    msg = refused(tmp_path, *args(tmp_path), "--config_overrides", "intermediate_size=256", "--allow_resume_changes", "true")
+    assert "intermediate_size: 384 -> 256" in msg and "cannot be resumed this way" in msg
+
+
+def test_folders_the_user_owns_are_refused(tmp_path, monkeypatch):
+    assert "is the root folder" in refused(tmp_path, *args(tmp_path)[:-4], "--output_dir", "/")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert "is your home folder" in refused(tmp_path, *args(tmp_path)[:-4], "--output_dir", tmp_path / "home")
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "data_stats.json").write_text("my own file")
+    (mine / "chapter1.md").write_text("...")
+    before = digests(mine)
+    msg = refused(tmp_path, *args(tmp_path, "thesis"))
+    assert "already holds files that are not from a run of this project (chapter1.md, data_stats.json" in msg
+    assert "--allow_existing_output_dir true" in msg and digests(mine) == before
+    assert not (mine / rundir.LOCK).exists()
+
+
+def test_an_existing_folder_is_written_into_when_allowed(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    proc = run_pretrain(*args(tmp_path, steps=1, save=1), "--allow_existing_output_dir", "true", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+# ---- 3. hostile and odd input, bounded
+
+def test_data_directory_rule_skips_what_is_not_data_and_reads_compressed_files(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    d = tmp_path / "ds"
+    (d / "sub" / ".git").mkdir(parents=True)
+    records = [{"text": f"第{i}篇。"} for i in range(5)]
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    (d / "a.jsonl").write_bytes(raw)
+    (d / "b.jsonl.gz").write_bytes(gzip.compress(raw))
+    (d / "sub" / "c.json.bz2").write_bytes(bz2.compress(json.dumps(records, ensure_ascii=False).encode()))
+    (d / "sub" / "d.txt.xz").write_bytes(lzma.compress("第一段。\n\n第二段。\n".encode()))
+    for name in ("LICENSE.txt", "README.md", "dataset_info.json", ".hidden.jsonl", "sub/.git/x.json", "notes.csv"):
+        (d / name).write_text("not data")
+    paths, skipped = data.data_files(str(d))
+    assert [Path(p).relative_to(d).as_posix() for p in paths] == ["a.jsonl", "b.jsonl.gz", "sub/c.json.bz2", "sub/d.txt.xz"]
+    assert sorted(Path(p).relative_to(d).as_posix() for p in skipped) == \
+        [".hidden.jsonl", "LICENSE.txt", "README.md", "dataset_info.json", "notes.csv", "sub/.git/x.json"]
+    texts = [t for t, *_ in data.read_texts(paths, None, False, data.ReadStats())]
+    assert texts == [r["text"] for r in records] * 3 + ["第一段。", "第二段。"]
+
+
+def test_a_zstd_file_without_zstandard_is_refused_by_name(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("zstandard") is not None:
+        pytest.skip("zstandard is installed: .zst files are read")
+    f = tmp_path / "x.jsonl.zst"
+    f.write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(UserError, match=r"x.jsonl.zst is zstd-compressed .* `pip install zstandard`"):
+        data.find_files(str(f))
+
+
+def test_an_enormous_document_is_bounded_and_its_dominance_reported(tmp_path):
+    normal = [{"text": "陕西省是中国的一个省，省会西安。" * 20} for _ in range(200)]
+    blob = {"text": "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(3_000_000))}  # 3 M characters, no break
+    train = write_jsonl(tmp_path / "train.jsonl", normal[:150] + [blob])
+    val = write_jsonl(tmp_path / "val.jsonl", normal[150:] + [blob])
+    t = time.time()
+    proc = run_pretrain(*args(tmp_path, steps=1, save=1), "--train_file", train, "--validation_file", val,
+                        "--tokenizer_vocab_size", 2000, "--max_eval_samples", 4, cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert time.time() - t < 300
+    assert "warning: one document holds 9" in proc.stdout and "of the evaluation text" in proc.stdout
+
+
+# ---- 4. a model that cannot work is refused before training
+
+@pytest.mark.parametrize("shape,overrides,expected", [
+    ("llama-small.json", "hidden_size=130,num_attention_heads=4", "hidden_size 130 is not a multiple of num_attention_heads 4"),
+    ("qwen2-demo.json", "hidden_size=130", "hidden_size 130 is not a multiple of num_attention_heads 4"),
+    ("qwen2-demo.json", "num_key_value_heads=3", "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    ("gpt2-small.json", "n_embd=100", "hidden_size 100 is not a multiple of num_attention_heads 8"),
+])
+def test_impossible_shapes_are_refused_before_tokenizing(tmp_path, shape, overrides, expected):
+    msg = refused(tmp_path, *args(tmp_path), "--model_config", f"configs/models/{shape}", "--config_overrides", overrides)
+    assert expected in msg and "nothing was tokenized or trained yet" in msg
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("overrides", ["num_hidden_layers=6,hidden_size=256", "num_hidden_layers=2"])
+def test_depth_overrides_keep_layer_types_consistent_and_the_model_saves(tmp_path, overrides):
+    margs = ModelArguments(model_config=str(REPO / "configs/models/qwen2-demo.json"), config_overrides=overrides)
+    config = model.check_shape(margs, 64)
+    layers = int(overrides.split("num_hidden_layers=")[1].split(",")[0])
+    assert config.num_hidden_layers == layers and config.layer_types == ["full_attention"] * layers
+    built = model.build_model(config, seed=0)
+    assert len(built.model.layers) == layers
+    built.save_pretrained(tmp_path / "m")  # the first save is where a stale layer_types failed, hours into a run
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["num_hidden_layers"] == layers
+
+
+# ---- 5. errors from the machine
+
+def small_disk(tmp_path: Path, megabytes: int) -> Path:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs under CI: {proc.stderr!r}")
+        pytest.skip("mounting a small file system needs root")
+    return mount
+
+
+def unmount(mount: Path) -> None:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_too_little_disk_for_a_checkpoint_stops_before_writing_with_what_was_kept(tmp_path):
+    disk = small_disk(tmp_path, 24)  # room for the first checkpoint (~13.5 MB), not for a second beside it
+    try:
+        proc = run_pretrain(*args(tmp_path, steps=4, save=1)[:-4], "--output_dir", disk / "out", "--cache_dir", tmp_path / "cache",
+                            "--save_total_limit", 5, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+        assert "Not enough disk space to write checkpoint-2" in proc.stdout
+        assert f"the newest complete checkpoint is {disk / 'out' / 'checkpoint-1'}" in proc.stdout
+        assert rundir.checkpoint_problem(disk / "out" / "checkpoint-1") is None
+        assert not (disk / "out" / "checkpoint-2").exists()
+    finally:
+        unmount(disk)
+
+
+def test_a_write_that_fails_mid_checkpoint_is_one_paragraph(tmp_path):
+    # A file-size limit makes the write of optimizer.pt (9 MB) fail after model.safetensors (4.5 MB) was written.
+    code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000)); "
+            f"sys.argv = ['pretrain.py'] + sys.argv[1:]; runpy.run_path({str(REPO / 'pretrain.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args(tmp_path, steps=2, save=1))], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert f"Writing a checkpoint in {tmp_path / 'out'} failed" in proc.stdout
+    assert "no complete checkpoint was written yet" in proc.stdout and "run the same command" in proc.stdout
+
+
+def test_a_read_only_output_dir_is_refused_at_start(tmp_path):
+    disk = small_disk(tmp_path, 4)
+    try:
+        (disk / "out").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        msg = refused(tmp_path, *args(tmp_path)[:-4], "--output_dir", disk / "out", "--cache_dir", tmp_path / "cache")
+        assert "cannot be written (Read-only file system)" in msg
+    finally:
+        unmount(disk)
+
+
+def test_nan_on_two_processes_stops_both_ranks_at_the_same_step(tmp_path):
+    from test_distributed import launch
+
+    proc = launch(REPO / "pretrain.py", *args(tmp_path, steps=12, save=1), "--learning_rate", 1e4, "--max_grad_norm", 0,
+                  "--warmup_steps", 0, "--per_device_train_batch_size", 4, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "became NaN or infinite at step 2" in proc.stdout, proc.stdout[-3000:]
+    weights = load_file(tmp_path / "out" / "checkpoint-1" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values()) and not (tmp_path / "out" / "checkpoint-2").exists()
