@@ -134,6 +134,32 @@ def identity(data_source: dict, training_args, config) -> dict:
     return json.loads(json.dumps({"data": data_source, "training": training, "model": model}, default=str))
 
 
+def resume_point(output_dir: Path, data_args, model_args, run_args, training_args, main_process: bool):
+    """The newest checkpoint that really loads, checked against the identity of the run that wrote it, before any
+    tokenizing: returns (checkpoint or None, data source, this run's identity)."""
+    from zhpretrain import model as modeling
+    from zhpretrain import rundir
+
+    config = modeling.check_shape(model_args, data_args.block_size)  # an impossible shape fails here, not hours later
+    checkpoint = rundir.last_checkpoint(output_dir, move_aside=main_process)
+    source = data_source(data_args)
+    run_identity = identity(source, training_args, config)
+    if checkpoint:
+        rundir.check_identity(output_dir, checkpoint, run_identity, run_args.allow_resume_changes)
+    return checkpoint, source, run_identity
+
+
+def record_identity(output_dir: Path, checkpoint: str | None, run_identity: dict, tok, main_process: bool) -> None:
+    """Add the tokenizer to the identity (a resume must keep it) and record the identity in output_dir."""
+    from zhpretrain import blocks, rundir
+
+    run_identity["tokenizer"] = blocks.tokenizer_digest(tok)
+    if checkpoint:
+        rundir.check_identity(output_dir, checkpoint, {"tokenizer": run_identity["tokenizer"]}, allow=False)
+    if main_process:
+        rundir.write_identity(output_dir, run_identity)
+
+
 def describe_data(meta: dict, output_dir: Path, main_process: bool) -> dict:
     stats = {s: meta["stats"][s] for s in ("train", "test")}
     print("data: " + "; ".join(f"{s}: streamed from the files" if v.get("streaming") else
@@ -255,32 +281,21 @@ def main(argv=None, stop=None) -> int:
 
 
 def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop) -> int:
-    from zhpretrain import blocks, rundir, stream, tracking, train
-    from zhpretrain import model as modeling
+    from zhpretrain import rundir, stream, tracking, train
 
     main_process = training_args.process_index == 0
-    shape_config = modeling.check_shape(model_args, data_args.block_size)  # before hours of tokenizing, not after
-    checkpoint = rundir.last_checkpoint(output_dir, move_aside=main_process)
-    source = data_source(data_args)
-    run_identity = identity(source, training_args, shape_config)
-    changed = bool(checkpoint) and rundir.check_identity(output_dir, checkpoint, run_identity, run_args.allow_resume_changes)
-
+    checkpoint, source, run_identity = resume_point(output_dir, data_args, model_args, run_args, training_args, main_process)
     tok, datasets, meta = prepare_data(data_args, model_args, source, builder=training_args.local_process_index == 0,
                                        rank=training_args.process_index, world=training_args.world_size, resumed=checkpoint)
-    run_identity["tokenizer"] = blocks.tokenizer_digest(tok)
-    if checkpoint:
-        rundir.check_identity(output_dir, checkpoint, {"tokenizer": run_identity["tokenizer"]}, allow=False)
-    if main_process:
-        rundir.write_identity(output_dir, {**run_identity, **({"continued_with_changes_from": checkpoint} if changed else {})})
+    record_identity(output_dir, checkpoint, run_identity, tok, main_process)
     stats = describe_data(meta, output_dir, main_process)
     model, params, done = build(model_args, training_args, tok, data_args.block_size, checkpoint)
     shape = train.RunShape(batch_shape(training_args, data_args.block_size, data_args.streaming))
     if checkpoint:
         shape.check(checkpoint)
-    if main_process:
-        problem = rundir.space_problem(output_dir, 2 * rundir.checkpoint_bytes(params["parameters"]), "a checkpoint and final/")
-        if problem:
-            print(f"warning: {problem}; saving will stop the run with a clear message when space runs out.", flush=True)
+    if main_process and (problem := rundir.space_problem(output_dir, 2 * rundir.checkpoint_bytes(params["parameters"]),
+                                                          "a checkpoint and final/")):
+        print(f"warning: {problem}; saving will stop the run with a clear message when space runs out.", flush=True)
     if data_args.streaming:
         training_args.ignore_data_skip = True  # the stream restores its own position: no replay of skipped batches
         if checkpoint and not done:

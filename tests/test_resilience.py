@@ -137,13 +137,15 @@ def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_pat
     first = run_pretrain(*common(tmp_path, "out", steps=5, save=5), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:]
     digest = hashlib.sha256((tmp_path / "out" / "checkpoint-5" / "model.safetensors").read_bytes()).hexdigest()
-    again = run_pretrain(*common(tmp_path, "out", steps=10, save=5), "--per_device_train_batch_size", 4, cwd=tmp_path)
+    # Training on to step 10 changes max_steps, which the run's identity guards: allowed explicitly here.
+    more = ["--allow_resume_changes", "true"]
+    again = run_pretrain(*common(tmp_path, "out", steps=10, save=5), *more, "--per_device_train_batch_size", 4, cwd=tmp_path)
     assert again.returncode == 2 and "Traceback" not in again.stdout
     assert "1 processes x 8 per device x 1 accumulation = 8 sequences of 64 tokens" in again.stdout
     assert "1 processes x 4 per device x 1 accumulation = 4 sequences" in again.stdout
     assert hashlib.sha256((tmp_path / "out" / "checkpoint-5" / "model.safetensors").read_bytes()).hexdigest() == digest
     # The same global batch split differently (4 x 2 accumulation) resumes.
-    same = run_pretrain(*common(tmp_path, "out", steps=10, save=5), "--per_device_train_batch_size", 4,
+    same = run_pretrain(*common(tmp_path, "out", steps=10, save=5), *more, "--per_device_train_batch_size", 4,
                         "--gradient_accumulation_steps", 2, cwd=tmp_path)
     assert same.returncode == 0 and "resuming from" in same.stdout, same.stdout[-3000:]
 

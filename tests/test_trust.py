@@ -72,6 +72,7 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks-x"]  # the damaged copy is gone, no temp left
 
 
+@pytest.mark.slow
 def test_a_cut_train_bin_is_noticed_end_to_end(tmp_path):
     first = run_pretrain(*args(tmp_path, steps=2, save=2), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:]
@@ -136,6 +137,7 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated weights", "flipped optimizer byte", "missing scheduler", "garbage optimizer"])
 def test_checkpoint_problems_name_the_file(finished, tmp_path, damage):
     ck = copy_run(finished / "out" / "checkpoint-10", tmp_path / "checkpoint-10")
@@ -159,6 +161,7 @@ def test_checkpoint_problems_name_the_file(finished, tmp_path, damage):
     assert expected in rundir.checkpoint_problem(ck)
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(finished, tmp_path):
     out = copy_run(finished / "out", tmp_path / "out")
     copy_run(finished / "cache", tmp_path / "cache")
@@ -175,6 +178,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(fini
 
 # ---- 2. a run folder belongs to one run
 
+@pytest.mark.slow
 def test_a_second_run_into_a_training_folder_is_refused_at_once(tmp_path):
     first = start(args(tmp_path, steps=100000, save=100000), tmp_path)
     try:
@@ -190,6 +194,7 @@ def test_a_second_run_into_a_training_folder_is_refused_at_once(tmp_path):
     assert first.returncode == 130, out[-3000:]
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -214,6 +219,7 @@ def test_a_lock_held_by_a_live_process_refuses_the_run(tmp_path):
     assert "process 4242 on host gpu-node-7" in msg and "another --output_dir" in msg
 
 
+@pytest.mark.slow
 def test_grown_data_is_refused_then_continued_with_the_checkpoints_tokenizer(tmp_path):
     corpus = copy_run(DEMO, tmp_path / "corpus.jsonl")
     common = [*TINY, "--save_steps", 5, "--eval_steps", 5, "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache",
@@ -234,6 +240,7 @@ def test_grown_data_is_refused_then_continued_with_the_checkpoints_tokenizer(tmp
     assert (tmp_path / "out" / "final" / "tokenizer.json").read_bytes() == tokenizer_before
 
 
+@pytest.mark.slow
 def test_a_finished_run_rerun_with_other_settings_is_refused_and_its_model_kept(finished, tmp_path):
     out = copy_run(finished / "out", tmp_path / "out")
     before = digests(out / "final")
@@ -242,6 +249,7 @@ def test_a_finished_run_rerun_with_other_settings_is_refused_and_its_model_kept(
     assert digests(out / "final") == before
 
 
+@pytest.mark.slow
 def test_a_changed_model_shape_is_refused_even_when_changes_are_allowed(finished, tmp_path):
     copy_run(finished / "out", tmp_path / "out")
     msg = refused(tmp_path, *args(tmp_path), "--config_overrides", "intermediate_size=256", "--allow_resume_changes", "true")
@@ -264,6 +272,7 @@ def test_folders_the_user_owns_are_refused(tmp_path, monkeypatch):
     assert not (mine / rundir.LOCK).exists()
 
 
+@pytest.mark.slow
 def test_an_existing_folder_is_written_into_when_allowed(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
@@ -307,6 +316,7 @@ def test_a_zstd_file_without_zstandard_is_refused_by_name(tmp_path):
         data.find_files(str(f))
 
 
+@pytest.mark.slow
 def test_an_enormous_document_is_bounded_and_its_dominance_reported(tmp_path):
     normal = [{"text": "陕西省是中国的一个省，省会西安。" * 20} for _ in range(200)]
     blob = {"text": "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(3_000_000))}  # 3 M characters, no break
@@ -363,6 +373,7 @@ def unmount(mount: Path) -> None:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_too_little_disk_for_a_checkpoint_stops_before_writing_with_what_was_kept(tmp_path):
     disk = small_disk(tmp_path, 24)  # room for the first checkpoint (~13.5 MB), not for a second beside it
     try:
@@ -377,6 +388,7 @@ def test_too_little_disk_for_a_checkpoint_stops_before_writing_with_what_was_kep
         unmount(disk)
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_mid_checkpoint_is_one_paragraph(tmp_path):
     # A file-size limit makes the write of optimizer.pt (9 MB) fail after model.safetensors (4.5 MB) was written.
     code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000)); "
@@ -399,6 +411,7 @@ def test_a_read_only_output_dir_is_refused_at_start(tmp_path):
         unmount(disk)
 
 
+@pytest.mark.slow
 def test_nan_on_two_processes_stops_both_ranks_at_the_same_step(tmp_path):
     from test_distributed import launch
 
@@ -408,3 +421,36 @@ def test_nan_on_two_processes_stops_both_ranks_at_the_same_step(tmp_path):
     assert "became NaN or infinite at step 2" in proc.stdout, proc.stdout[-3000:]
     weights = load_file(tmp_path / "out" / "checkpoint-1" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values()) and not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_tokenization_exits_at_once_and_leaves_no_cache(tmp_path):
+    from zhpretrain import tokenizer
+
+    texts = ["".join(chr(0x4E00 + (i * 31 + j * 7) % 20000) for j in range(5000)) for i in range(3000)]  # 15 M characters
+    corpus = write_jsonl(tmp_path / "big.jsonl", [{"text": t} for t in texts])
+    tokenizer.train(iter(texts[:100]), vocab_size=3000, max_chars=10**6).save_pretrained(tmp_path / "tok")
+    proc = start(args(tmp_path, steps=1, save=1) + ["--train_file", corpus, "--tokenizer_name_or_path", tmp_path / "tok"], tmp_path)
+    deadline = time.time() + 120
+    while "tokenizer: " not in "".join(proc.output):  # the tokenizer is loaded: tokenizing the 15 M characters is next
+        assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.05)
+    time.sleep(1)
+    sent = time.time()
+    os.kill(proc.pid, 2)
+    out = finish(proc, timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
+    assert time.time() - sent < 15
+    assert "interrupted before training started" in out
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no cache, no temporary folder
+
+
+def test_changes_are_listed_in_words_and_moved_files_are_the_same_data():
+    entry = {"path": "/data/a.jsonl", "size": 100, "mtime_ns": 1, "sample": "x"}
+    old = {"data": {"files": [entry], "split_seed": 1}, "training": {"learning_rate": 0.1}, "model": {"hidden_size": 8}}
+    moved = {**old, "data": {**old["data"], "files": [{**entry, "path": "/mnt/a.jsonl", "mtime_ns": 2}]}}
+    assert rundir.changes(old, moved) == {}
+    grown = {"data": {"files": [{**entry, "size": 250, "sample": "y"}], "split_seed": 2}, "training": {"learning_rate": 0.2},
+             "model": {"hidden_size": 8}}
+    assert rundir.changes(old, grown) == {"data": ["files: /data/a.jsonl was 100 bytes, is now 250 bytes", "split_seed: 1 -> 2"],
+                                          "training": ["learning_rate: 0.1 -> 0.2"]}

@@ -121,7 +121,7 @@ def changes(old: dict, new: dict) -> dict[str, list[str]]:
         if part == "data":
             a, b = _data_view(old[part]), _data_view(new[part])
             lines = [_describe_files(k, old[part].get(k), new[part].get(k)) for k in ("files", "validation") if a[k] != b[k]]
-            lines += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) - {"files", "validation"} if a.get(k) != b.get(k)]
+            lines += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted((set(a) | set(b)) - {"files", "validation"}) if a.get(k) != b.get(k)]
         elif isinstance(new[part], dict):
             lines = [f"{k}: {old[part].get(k)!r} -> {new[part].get(k)!r}" for k in sorted(set(old[part]) | set(new[part]))
                      if old[part].get(k) != new[part].get(k)]
@@ -211,13 +211,16 @@ def last_checkpoint(output_dir: Path, move_aside: bool = False) -> str | None:
         problem = checkpoint_problem(path)
         if problem is None:
             return str(path)
+        partial = not (path / "trainer_state.json").exists()  # the Trainer writes it last: the run died while saving
         aside = path.parent / f"damaged-{path.name}"
         if move_aside:
-            if aside.exists():
-                shutil.rmtree(aside)
-            os.rename(path, aside)
-        warnings.warn(f"{path} is incomplete or damaged ({problem}); skipping it"
-                      f"{f' (moved to {aside.name})' if move_aside else ''}.", stacklevel=1)
+            if partial:
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # kept for a look: it was whole once
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(path, aside)
+        done = "" if not move_aside else " (removed: its run died while writing it)" if partial else f" (moved to {aside.name})"
+        warnings.warn(f"{path} is incomplete or damaged ({problem}); skipping it{done}.", stacklevel=1)
     return None
 
 
