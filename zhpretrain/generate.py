@@ -41,7 +41,8 @@ def load(model_dir, tokenizer: str | None = None, **model_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # generation-config chatter would interleave with the streamed text
+    logging.set_verbosity_error()  # generation-config chatter and loading bars would interleave with the streamed text
+    logging.disable_progress_bar()
     tok_dir = tokenizer_folder(model_dir, tokenizer)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
