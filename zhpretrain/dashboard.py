@@ -24,7 +24,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 # No first-run UI, no update checks or sync, no GPU: a bare browser that talks only to 127.0.0.1.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars")
-WINDOW = (1400, 1750)  # tall enough for every chart of a run, including train/loss at the bottom
+WINDOW = (1400, 2200)  # tall enough for every chart of a run, train/loss included
 BUDGET_MS = 10_000  # virtual time the page's scripts get to fetch the curves and draw them
 
 
