@@ -51,14 +51,17 @@ def serve(swanlog, timeout: float = 60):
                         "in local mode. Train with --swanlab_mode local and pass its --swanlab_log_dir (default: swanlog).")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads would stall a chatty server
     server = subprocess.Popen([sys.executable, "-m", "swanlab", "watch", str(swanlog), "-h", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + timeout
         while True:  # a server coming up has no event to wait on: poll it, with a deadline
             if server.poll() is not None:
-                raise UserError(f"`swanlab watch {swanlog}` exited with {server.returncode}: {server.stdout.read()[-800:]} "
-                                "Install the dashboard with pip install 'swanlab[dashboard]'.")
+                log.seek(0)
+                last = ([line for line in log.read().splitlines() if line.strip()] or ["(no output)"])[-1]
+                raise UserError(f"`swanlab watch {swanlog}` exited with {server.returncode}; its last line: {last.strip()}. "
+                                "Check that the folder is a SwanLab log folder and that pip install 'swanlab[dashboard]' was run.")
             try:
                 get(f"{base}/api/v1/project", timeout=2)
                 break
@@ -74,6 +77,7 @@ def serve(swanlog, timeout: float = 60):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        log.close()
 
 
 def experiment(base: str, name: str | None = None) -> dict:
