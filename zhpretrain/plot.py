@@ -8,6 +8,7 @@ run's final/ (or --model, any Hugging Face causal LM folder).
 """
 import argparse
 import json
+import math
 import re
 import sys
 import warnings
@@ -137,10 +138,10 @@ def draw_attention(labels, ids, weights, layer: int, title: str):
     font = cjk_font()
     labels = labels if font else [str(i) for i in ids]
     heads = weights.shape[0]
-    cols = min(heads, 4)
+    cols = math.ceil(math.sqrt(heads))  # a square grid: panels stay large enough to read in a README
     rows = -(-heads // cols)
-    size = 0.22 * len(labels) + 1.2
-    fig = Figure(figsize=(cols * size, rows * size + 0.6), dpi=DPI, layout="constrained")
+    size = 0.2 * len(labels) + 1.1  # inches per panel: room for one tick label per token
+    fig = Figure(figsize=(cols * size + 1, rows * (size + 0.4) + 0.4), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for h, ax in enumerate(axes):
         if h >= heads:
@@ -148,13 +149,14 @@ def draw_attention(labels, ids, weights, layer: int, title: str):
             continue
         image = ax.imshow(weights[h], cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"head {h}")
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8, fontfamily=font or "sans-serif")
-        ax.set_yticks(range(len(labels)), labels, fontsize=8, fontfamily=font or "sans-serif")
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9, fontfamily=font or "sans-serif")
+        ax.set_yticks(range(len(labels)), labels, fontsize=9, fontfamily=font or "sans-serif")
         ax.set_xlabel("attends to (key)")
         if h % cols == 0:
             ax.set_ylabel("token (query)")
-    fig.colorbar(image, ax=axes.tolist(), shrink=0.6, label="attention weight")
-    fig.suptitle(f"{title}: attention of layer {layer}, one panel per head (causal: only earlier tokens)")
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, pad=0.01, label="attention weight")
+    fig.suptitle(f"{title}: attention of layer {layer} (counting from 0), one panel per head\n"
+                 "(causal: a token sees only itself and earlier tokens)")
     return fig
 
 
