@@ -110,3 +110,11 @@ def test_a_checkpoint_without_tokenizer_uses_the_runs_final_or_asks_for_one(fina
     shutil.copytree(final, tmp_path / "run" / "final")
     _, found = load(checkpoint)
     assert found.get_vocab() == tok.get_vocab()
+
+
+def test_out_of_range_sampling_options_are_refused_before_loading(final):
+    from zhpretrain.errors import UserError
+    from zhpretrain.generate import main
+
+    with pytest.raises(UserError, match=r"--top_p 1.5 .*--repetition_penalty 0.0"):
+        main([str(final), "--prompt", "x", "--top_p", "1.5", "--repetition_penalty", "0"])

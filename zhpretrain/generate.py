@@ -97,8 +97,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_options(args) -> None:
+    # Out-of-range values would otherwise surface as a ValueError deep inside transformers, after the model loaded.
+    bad = [f"--{name} {getattr(args, name)} (must be {rule})" for name, rule, ok in (
+        ("max_new_tokens", "at least 1", args.max_new_tokens >= 1), ("temperature", "0 or more", args.temperature >= 0),
+        ("top_p", "above 0 and at most 1", 0 < args.top_p <= 1), ("top_k", "0 or more", args.top_k >= 0),
+        ("repetition_penalty", "above 0", args.repetition_penalty > 0)) if not ok]
+    if bad:
+        raise UserError("Invalid option: " + "; ".join(bad) + ".")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_options(args)
     model, tok = load(args.model_dir, args.tokenizer)
     from transformers import TextStreamer
 
