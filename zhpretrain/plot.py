@@ -221,12 +221,18 @@ def model_pictures(model_dir, out: Path, sentence: str = SENTENCE, layer: int = 
     return written
 
 
+def run_name(run_dir) -> str:
+    """The run's output_dir name (SwanLab's default experiment name), also when given one of its checkpoints."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.parent.name if re.fullmatch(r"checkpoint-\d+|final", run_dir.name) else run_dir.name
+
+
 def run_pictures(run_dir, out: Path) -> list[Path]:
     path = trainer_state(run_dir)
     data = curves(path)
     if not data["train_loss"] and not data["eval_loss"]:
         raise UserError(f"{path} has no loss in its log_history: nothing to draw.")
-    title = f"{Path(run_dir).resolve().name} (from {path.parent.name})"
+    title = f"{run_name(run_dir)} (from {path.parent.name})"
     return [save(draw_curves(data, title), out / "curves.png"), save(draw_lr(data, title), out / "lr_schedule.png")]
 
 
@@ -258,7 +264,7 @@ def main(argv=None) -> int:
     if args.swanlog:
         from .dashboard import screenshot
 
-        screenshot(args.swanlog, out / "dashboard.png", args.experiment or run_dir.resolve().name)
+        screenshot(args.swanlog, out / "dashboard.png", args.experiment or run_name(run_dir))
     return 0
 
 
