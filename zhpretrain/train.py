@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerCallback, default_data_collator
 
 from . import rundir
 from .errors import UserError
+from .generate import continue_prompt
 
 class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
@@ -228,12 +229,11 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     model.eval()
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(0)
-        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, top_k=50, temperature=0.8,
-                             repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)
+        # The same continuation as `python -m zhpretrain.generate` (from after an EOS, as training documents start).
+        text = continue_prompt(model, tokenizer, prompt, max_new_tokens, temperature=0.8, top_p=1.0, top_k=50,
+                               repetition_penalty=1.1, seed=0)
     model.train(was_training)
-    return tokenizer.decode(out[0], skip_special_tokens=True)
+    return text
 
 
 def sharded(args) -> bool:
