@@ -14,6 +14,7 @@ from . import rundir
 from .errors import UserError
 from .generate import continue_prompt
 
+
 class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
 
