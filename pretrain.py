@@ -39,6 +39,21 @@ def check_eval_split(test: dict, block_size: int) -> None:
                         "or lower --block_size.")
 
 
+def fetch(data_args, model_args) -> None:
+    """Hub ids -> local folders, downloaded once into the hubs' caches: a ModelScope dataset is then read as files, and
+    --init_from names a model folder (its shape replaces model_config)."""
+    from zhpretrain import hub
+
+    if data_args.dataset_name and hub.parse(data_args.dataset_name)[0] == hub.MODELSCOPE:
+        data_args.train_file, data_args.dataset_name = str(hub.dataset_files(data_args.dataset_name)), None
+    if model_args.init_from:
+        if model_args.config_overrides:
+            raise UserError("--config_overrides cannot change a model continued with --init_from: its weights fix the shape. "
+                            "Remove --config_overrides, or train from scratch with --model_config.")
+        model_args.init_from = str(hub.snapshot(model_args.init_from, "--init_from", patterns=hub.MODEL_FILES))
+        print(f"init_from: weights, shape and tokenizer from {model_args.init_from} (model_config is not used)", flush=True)
+
+
 def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int = 1):
     """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
     import torch
@@ -54,8 +69,9 @@ def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int
                   validation_split_percentage=data_args.validation_split_percentage,
                   validation_split_documents=data_args.validation_split_documents)
 
-    if model_args.tokenizer_name_or_path:
-        tok, how = tokenizer.load(model_args.tokenizer_name_or_path, model_args.trust_remote_code), f"loaded {model_args.tokenizer_name_or_path}"
+    name = model_args.tokenizer_name_or_path or model_args.init_from  # a continued model brings its own tokenizer
+    if name:
+        tok, how = tokenizer.load(name, model_args.trust_remote_code, cache), f"loaded {name}"
     else:
         folder = tokenizer.cache_folder(cache, source, model_args)
         train_texts = lambda: (t for _, t in data.documents(data_args, data.ReadStats(), "train"))  # noqa: E731
@@ -134,7 +150,8 @@ def build(model_args, training_args, tok, block_size: int):
     config = modeling.build_config(model_args, tok, block_size)
     checkpoint = train.last_checkpoint(training_args.output_dir)
     done = train.finished_step(checkpoint, training_args.max_steps)
-    model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
+    model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None,
+                                 init_from=model_args.init_from, tokens=len(tok))
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
           f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
@@ -192,13 +209,33 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
         run.log_samples(step, [sample], label="sample", key="final_sample")
 
 
+def publish(final: Path, hub_model_id: str | None, hub_token: str | None, modelscope_id: str | None) -> int:
+    """Upload final/ (already saved, with its card) to the hubs asked for; 3 when an upload failed, the model being safe."""
+    from zhpretrain import hub
+
+    targets = ([(f"hf:{hub_model_id}", hub_token)] if hub_model_id else []) + ([(f"modelscope:{modelscope_id}", None)] if modelscope_id else [])
+    code = 0
+    for target, token in targets:
+        try:
+            print(f"published {final} to {hub.publish(final, target, token)}", flush=True)
+        except UserError as e:
+            report(e)
+            code = 3
+    return code
+
+
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import config, stream, tracking, train
+    from zhpretrain import card, config, stream, tracking, train
     from zhpretrain import model as modeling
 
     stop = stop or train.GracefulStop()
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
+    # The Trainer's own push_to_hub would create the repo before training and push output_dir (checkpoints) at every
+    # save; we publish final/ with its card once it is saved instead.
+    hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
+    training_args.push_to_hub = False
+    fetch(data_args, model_args)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
     output_dir = setup(training_args, data_args)
     main_process = training_args.process_index == 0
@@ -231,9 +268,11 @@ def main(argv=None, stop=None) -> int:
         if not fit(trainer, stop, checkpoint, done, output_dir):
             return 130
         save_and_sample(trainer, output_dir, run, run_args.prompt, run_args.max_new_tokens)
+        if main_process:
+            card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok))
     finally:
         run.finish()
-    return 0
+    return publish(output_dir / "final", hub_model_id, training_args.hub_token, run_args.push_to_modelscope) if main_process else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from .errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 TEXT_COLUMNS = ("text", "completion", "content")
+# A hub snapshot folder (e.g. a ModelScope dataset) also holds the hub's own files: not documents.
+HUB_FILES = {"configuration.json", "dataset_infos.json", "dataset_info.json"}
 CHUNK = 1 << 20  # bytes read at a time from a JSON array: bounded memory whatever the file size
 
 
@@ -34,7 +36,8 @@ def find_files(spec: str, what: str = "train_file") -> list[str]:
         if not paths:
             raise UserError(f"{what} '{spec}' matches no file. Check the pattern (quote it so the shell does not expand it).")
     elif os.path.isdir(spec):
-        paths = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        paths = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix in SUFFIXES and p.name not in HUB_FILES
+                       and not any(part.startswith(".") for part in p.relative_to(spec).parts))
         if not paths:
             raise UserError(f"{what} '{spec}' is a directory with no data files in it ({', '.join(SUFFIXES)}).")
     elif os.path.isfile(spec):

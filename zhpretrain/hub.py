@@ -28,7 +28,7 @@ def parse(name: str) -> tuple[str | None, str]:
     if name.startswith("modelscope:"):
         return MODELSCOPE, name.removeprefix("modelscope:")
     if name.startswith("hf:"):
-        return HF, name.removeprefix("hf:")
+        return HF, name.removeprefix("hf:")  # NAME alone is allowed here: publishing then goes to your own namespace
     if os.path.exists(name) or not REPO_ID.match(name):
         return None, name
     return HF, name
@@ -146,9 +146,9 @@ def publish(folder: Path, target: str, token: str | None = None) -> str:
             from huggingface_hub import HfApi
 
             api = HfApi(endpoint=url, token=token)
-            api.create_repo(repo, exist_ok=True)
-            api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=message)
-            return f"{url}/{repo}"
+            repo_url = api.create_repo(repo, exist_ok=True)  # NAME alone becomes USER/NAME
+            api.upload_folder(repo_id=repo_url.repo_id, folder_path=str(folder), commit_message=message)
+            return str(repo_url)
         from modelscope.hub.api import HubApi
 
         api = HubApi(endpoint=url, token=token)
