@@ -49,7 +49,13 @@ def _download_hint(hub: str, repo: str, kind: str, option: str) -> str:
         command = f"modelscope download --{kind} {repo} --local_dir DIR"
     else:
         command = f"hf download {repo}{' --repo-type dataset' if kind == 'dataset' else ''} --local-dir DIR"
+    option = "--train_file" if kind == "dataset" else option  # a downloaded dataset is a folder of files
     return f"Where there is network, download it with `{command}` and pass {option} DIR."
+
+
+def _cache_dir(hub: str) -> str | None:
+    # Read at each call: both libraries read their variable once, at import, and a long-lived process may change it.
+    return os.environ.get("HF_HUB_CACHE" if hub == HF else "MODELSCOPE_CACHE") or None
 
 
 def _cached(hub: str, repo: str, kind: str, patterns) -> str | None:
@@ -57,10 +63,10 @@ def _cached(hub: str, repo: str, kind: str, patterns) -> str | None:
         if hub == HF:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(repo, repo_type=kind, allow_patterns=patterns, local_files_only=True)
+            return snapshot_download(repo, repo_type=kind, allow_patterns=patterns, cache_dir=_cache_dir(hub), local_files_only=True)
         from modelscope import snapshot_download
 
-        return snapshot_download(repo_id=repo, repo_type=kind, local_files_only=True)
+        return snapshot_download(repo_id=repo, repo_type=kind, cache_dir=_cache_dir(hub), local_files_only=True)
     except Exception:  # noqa: BLE001  (each library has its own "not in the cache" errors; any of them means: download)
         return None
 
@@ -69,14 +75,14 @@ def _download(hub: str, repo: str, kind: str, patterns) -> str:
     if hub == HF:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo, repo_type=kind, allow_patterns=patterns)
+        return snapshot_download(repo, repo_type=kind, allow_patterns=patterns, cache_dir=_cache_dir(hub))
     if kind == "dataset":
         from modelscope import dataset_snapshot_download
 
-        return dataset_snapshot_download(repo)
+        return dataset_snapshot_download(repo, cache_dir=_cache_dir(hub))
     from modelscope import snapshot_download
 
-    return snapshot_download(repo, allow_patterns=patterns)
+    return snapshot_download(repo, allow_patterns=patterns, cache_dir=_cache_dir(hub))
 
 
 def snapshot(name: str, option: str, kind: str = "model", patterns=None) -> Path:
