@@ -234,7 +234,7 @@ def main(argv=None, stop=None) -> int:
     # The Trainer's own push_to_hub would create the repo before training and push output_dir (checkpoints) at every
     # save; we publish final/ with its card once it is saved instead.
     hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
-    training_args.push_to_hub = False
+    hub_token, training_args.push_to_hub, training_args.hub_token = training_args.hub_token, False, None  # the Trainer pickles its arguments into every save
     fetch(data_args, model_args)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
     output_dir = setup(training_args, data_args)
@@ -272,7 +272,7 @@ def main(argv=None, stop=None) -> int:
             card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok))
     finally:
         run.finish()
-    return publish(output_dir / "final", hub_model_id, training_args.hub_token, run_args.push_to_modelscope) if main_process else 0
+    return publish(output_dir / "final", hub_model_id, hub_token, run_args.push_to_modelscope) if main_process else 0
 
 
 if __name__ == "__main__":

@@ -233,12 +233,13 @@ def endpoint(monkeypatch):
     def upload(hub_name):
         def record(self, repo_id, folder_path=None, **kwargs):
             folder = Path(kwargs.get("folder_path", folder_path))
-            calls.append((hub_name, repo_id, folder, sorted(p.name for p in folder.iterdir()),
+            skipped = set(kwargs.get("ignore_patterns") or [])  # exact names only, enough for what we pass
+            calls.append((hub_name, repo_id, folder, sorted(p.name for p in folder.iterdir() if p.name not in skipped),
                           (folder / "README.md").read_text(encoding="utf-8")))
         return record
 
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"{url}/{repo_id}", endpoint=url))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **kw: upload("hf")(self, repo_id, folder_path))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **kw: upload("hf")(self, repo_id, folder_path, **kw))
     monkeypatch.setattr(HubApi, "create_repo", lambda self, repo_id, **kw: None)
     monkeypatch.setattr(HubApi, "upload_folder", upload("modelscope"))
     yield url, calls
@@ -260,6 +261,9 @@ def test_final_is_published_to_both_hubs_with_its_card(tmp_path, endpoint, monke
         assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
         assert not any(f.startswith("checkpoint-") for f in files)  # final/ only, not the run folder
         assert readme == (final / "README.md").read_text(encoding="utf-8") and "## Final evaluation" in readme
+        assert "training_args.bin" not in files  # a pickle, and not needed to load the model
+    for path in (tmp_path / "out").rglob("*"):  # the Trainer pickles its arguments into every save: not the token
+        assert not path.is_file() or b"hf-test-token" not in path.read_bytes(), path
 
 
 def test_upload_failures_are_fast_clear_and_leave_final_intact(tmp_path, endpoint, monkeypatch, capsys):

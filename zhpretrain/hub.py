@@ -147,19 +147,20 @@ def publish(folder: Path, target: str, token: str | None = None) -> str:
         login = "`hf auth login` (or set HF_TOKEN)" if hub == HF else "`modelscope login --token TOKEN` (or set MODELSCOPE_API_TOKEN)"
         raise UserError(f"Could not publish to {target}: not logged in to {hub}. Run {login}. {again}")
     message = "Upload final/ from zhpretrain"
+    skip = ["training_args.bin"]  # the Trainer's pickle of its arguments: not needed to load the model, and a pickle
     try:
         if hub == HF:
             from huggingface_hub import HfApi
 
             api = HfApi(endpoint=url, token=token)
             repo_url = api.create_repo(repo, exist_ok=True)  # NAME alone becomes USER/NAME
-            api.upload_folder(repo_id=repo_url.repo_id, folder_path=str(folder), commit_message=message)
+            api.upload_folder(repo_id=repo_url.repo_id, folder_path=str(folder), commit_message=message, ignore_patterns=skip)
             return str(repo_url)
         from modelscope.hub.api import HubApi
 
         api = HubApi(endpoint=url, token=token)
         api.create_repo(repo, exist_ok=True, token=token)
-        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=message, token=token)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=message, ignore_patterns=skip, token=token)
         return f"{url}/models/{repo}"
     except Exception as e:  # noqa: BLE001  (network, permission and quota errors differ by library)
         raise UserError(f"Could not publish to {target} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else 'no detail'}). "
