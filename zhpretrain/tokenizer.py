@@ -60,13 +60,14 @@ def qwen2(cache_root: Path) -> Path:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = qwen2_ranks()
-    folder = cache_root / f"qwen2-tokenizer-{hashlib.sha256(ranks.read_bytes()).hexdigest()[:16]}"
+    recipe = json.dumps({"pattern": SPLIT, "special": QWEN2_SPECIAL, "normalizer": "NFC", "max_length": 1 << 30})  # a new recipe, a new cache
+    folder = cache_root / f"qwen2-tokenizer-{hashlib.sha256(ranks.read_bytes() + recipe.encode()).hexdigest()[:16]}"
     if folder.exists():
         return folder
     backend = TikTokenConverter(vocab_file=str(ranks), pattern=SPLIT, extra_special_tokens=QWEN2_SPECIAL).converted()
     backend.normalizer = normalizers.NFC()  # as Qwen2's tokenizer.json: composed and decomposed text give the same ids
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, additional_special_tokens=QWEN2_SPECIAL[1:],
-                                  model_max_length=32768)
+                                  model_max_length=1 << 30)  # documents are encoded whole, then cut into blocks: no length warning
     save(tok, folder)
     return folder
 
