@@ -164,12 +164,21 @@ def continued(tmp_path_factory):
     args = ["--init_from", "zh/tiny", "--train_file", DEMO, "--block_size", 64, "--per_device_train_batch_size", 4,
             "--warmup_steps", 0, "--lr_scheduler_type", "constant", "--max_eval_samples", 4, "--per_device_eval_batch_size", 4, "--eval_on_start", "true", "--eval_steps", 1,
             "--save_steps", 1, "--output_dir", tmp / "out", "--cache_dir", tmp / "cache", "--swanlab_mode", "disabled"]
-    first = run_pretrain(*args, "--max_steps", 1, cwd=tmp, env=env)
-    assert first.returncode == 0, first.stdout[-3000:]
+    # Asked to publish with the hub unreachable: the run saves final/ and its card, then says so and exits 3.
+    first = run_pretrain(*args, "--max_steps", 1, "--push_to_hub", "true", "--hub_model_id", "me/tiny-zh", cwd=tmp, env=env)
+    assert first.returncode == 3, first.stdout[-3000:]
     card = (tmp / "out" / "final" / "README.md").read_text(encoding="utf-8")
     second = run_pretrain(*args, "--max_steps", 2, cwd=tmp, env=env)
     assert second.returncode == 0, second.stdout[-3000:]
     return tmp, snapshot, first.stdout, second.stdout, card
+
+
+def test_a_failed_upload_after_training_exits_3_with_final_saved(continued):
+    tmp, _, out, _, card = continued
+    final = tmp / "out" / "final"
+    assert "Could not publish to hf:me/tiny-zh: Hugging Face (http://127.0.0.1:" in " ".join(out.split())
+    assert out.index("model saved to") < out.index("Could not publish") and "Traceback" not in out
+    assert (final / "model.safetensors").is_file() and card.startswith("---")
 
 
 def test_init_from_starts_from_the_source_weights_and_tokenizer(continued):
