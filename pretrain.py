@@ -157,7 +157,7 @@ def build(model_args, training_args, tok, block_size: int):
     checkpoint = train.last_checkpoint(training_args.output_dir)
     done = train.finished_step(checkpoint, training_args.max_steps)
     model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None,
-                                 init_from=model_args.init_from, tokens=len(tok))
+                                 init_from=model_args.init_from, tokens=len(tok), pad_token_id=tok.pad_token_id)
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
           f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)

@@ -152,6 +152,33 @@ def test_init_from_refuses_what_is_not_a_causal_lm(tmp_path):
         model.init_config(str(tmp_path / "empty"))
 
 
+def test_init_from_grows_the_embeddings_for_an_added_pad_and_keeps_every_old_row(tmp_path):
+    """A model whose tokenizer has no pad (like GPT-2): the pad we add lies past the last embedding row."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    from zhpretrain.config import ModelArguments
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(["陕西省是中国的一个省。"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[tokenizer.EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=tokenizer.EOS).save_pretrained(tmp_path / "m")
+    rows = backend.get_vocab_size()
+    config = LlamaConfig(vocab_size=rows, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
+    tok = tokenizer.load(str(tmp_path / "m"))
+    assert len(tok) == rows + 1 and tok.pad_token_id == rows
+    args = ModelArguments(init_from=str(tmp_path / "m"))
+    grown = model.build_model(model.build_config(args, tok, 64), 0, init_from=args.init_from, tokens=len(tok),
+                              pad_token_id=tok.pad_token_id)
+    old = AutoModelForCausalLM.from_pretrained(tmp_path / "m").get_input_embeddings().weight
+    new = grown.get_input_embeddings().weight
+    assert new.shape[0] % 64 == 0 and rows < new.shape[0] <= rows + 64 and new[:rows].equal(old)
+    assert grown.config.pad_token_id == rows
+
+
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory):
     """pretrain.py --init_from a hub id found in a Hugging Face cache stand-in, with the hub unreachable: 1 step, then

@@ -69,12 +69,18 @@ def build_config(model_args, tokenizer, block_size: int):
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
+    if model_args.init_from and tokenizer.pad_token_id >= config.vocab_size:
+        # A pad we added beyond the weights' rows: some models index an embedding row with it while being built, so it is
+        # set once build_model has grown the embeddings.
+        config.pad_token_id = None
     return config
 
 
-def build_model(config, seed: int, weights: str | None = None, init_from: str | None = None, tokens: int = 0):
+def build_model(config, seed: int, weights: str | None = None, init_from: str | None = None, tokens: int = 0,
+                pad_token_id: int | None = None):
     """A randomly initialised model, the weights of a causal LM to continue (init_from), or the safetensors weights of a
-    finished checkpoint. tokens: the tokenizer's size, which a continued model's vocabulary must cover."""
+    finished checkpoint. tokens and pad_token_id: the tokenizer's size, which a continued model's vocabulary must
+    cover, and its pad."""
     if weights:
         try:
             # A continued model's checkpoint carries its own config (its vocabulary may have grown).
@@ -90,6 +96,8 @@ def build_model(config, seed: int, weights: str | None = None, init_from: str | 
             raise UserError(f"Cannot load the weights of --init_from {init_from} ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None
         if tokens > model.config.vocab_size:  # e.g. GPT-2 gains a pad token: new rows, every old row kept
             model.resize_token_embeddings(tokens, pad_to_multiple_of=VOCAB_MULTIPLE)
+        if model.config.pad_token_id is None and pad_token_id is not None:
+            model.config.pad_token_id = model.generation_config.pad_token_id = pad_token_id
         return model
     # TrainingArguments(seed=) does not seed the weights: seed before building so a run's init is reproducible.
     set_seed(seed)
