@@ -39,27 +39,6 @@ def check_eval_split(test: dict, block_size: int) -> None:
                         "or lower --block_size.")
 
 
-def fetch(data_args, model_args) -> dict:
-    """Hub ids -> local folders, downloaded once into the hubs' caches: a ModelScope dataset is then read as files, and
-    --init_from names a model folder (its shape replaces model_config). Returns the names as given, for the model card."""
-    from zhpretrain import hub
-
-    given = {"dataset_name": data_args.dataset_name, "init_from": model_args.init_from}
-
-    kind, repo = hub.parse(data_args.dataset_name) if data_args.dataset_name else (None, None)
-    if kind == hub.MODELSCOPE:
-        data_args.train_file, data_args.dataset_name = str(hub.dataset_files(data_args.dataset_name)), None
-    elif kind == hub.HF:
-        data_args.dataset_name = repo  # streamed by datasets, which knows no hf: prefix
-    if model_args.init_from:
-        if model_args.config_overrides:
-            raise UserError("--config_overrides cannot change a model continued with --init_from: its weights fix the shape. "
-                            "Remove --config_overrides, or train from scratch with --model_config.")
-        model_args.init_from = str(hub.snapshot(model_args.init_from, "--init_from", patterns=hub.MODEL_FILES))
-        print(f"init_from: weights, shape and tokenizer from {model_args.init_from} (model_config is not used)", flush=True)
-    return given
-
-
 def prepare_data(data_args, model_args, builder: bool, rank: int = 0, world: int = 1):
     """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta)."""
     import torch
@@ -231,7 +210,7 @@ def publish(final: Path, hub_model_id: str | None, hub_token: str | None, models
 
 
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import card, config, stream, tracking, train
+    from zhpretrain import card, config, hub, stream, tracking, train
     from zhpretrain import model as modeling
 
     stop = stop or train.GracefulStop()
@@ -241,7 +220,7 @@ def main(argv=None, stop=None) -> int:
     # save; we publish final/ with its card once it is saved instead.
     hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
     hub_token, training_args.push_to_hub, training_args.hub_token = training_args.hub_token, False, None  # the Trainer pickles its arguments into every save
-    given = fetch(data_args, model_args)
+    given = hub.fetch(data_args, model_args)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
     output_dir = setup(training_args, data_args)
     main_process = training_args.process_index == 0

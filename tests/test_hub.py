@@ -135,7 +135,7 @@ def test_a_modelscope_dataset_is_read_as_files_from_its_snapshot(tmp_path, monke
     from zhpretrain.config import DataArguments, ModelArguments
 
     data_args, model_args = DataArguments(dataset_name="modelscope:zh/wiki"), ModelArguments()
-    pretrain.fetch(data_args, model_args)
+    hub.fetch(data_args, model_args)
     assert data_args.dataset_name is None and data.find_files(data_args.train_file) == [str(folder / "data" / "train.jsonl")]
     texts = [t for t, *_ in data.read_texts(data.find_files(data_args.train_file), None, False, data.ReadStats())]
     assert texts[0] == json.loads(DEMO.read_text(encoding="utf-8").splitlines()[0])["text"]

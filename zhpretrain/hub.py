@@ -119,6 +119,24 @@ def dataset_files(name: str) -> Path:
     return snapshot(name, "--dataset_name", kind="dataset")
 
 
+def fetch(data_args, model_args) -> dict:
+    """Hub ids -> local folders, downloaded once into the hubs' caches: a ModelScope dataset is then read as files, and
+    --init_from names a model folder (its shape replaces model_config). Returns the names as given, for the model card."""
+    given = {"dataset_name": data_args.dataset_name, "init_from": model_args.init_from}
+    kind, repo = parse(data_args.dataset_name) if data_args.dataset_name else (None, None)
+    if kind == MODELSCOPE:
+        data_args.train_file, data_args.dataset_name = str(dataset_files(data_args.dataset_name)), None
+    elif kind == HF:
+        data_args.dataset_name = repo  # streamed by datasets, which knows no hf: prefix
+    if model_args.init_from:
+        if model_args.config_overrides:
+            raise UserError("--config_overrides cannot change a model continued with --init_from: its weights fix the shape. "
+                            "Remove --config_overrides, or train from scratch with --model_config.")
+        model_args.init_from = str(snapshot(model_args.init_from, "--init_from", patterns=MODEL_FILES))
+        print(f"init_from: weights, shape and tokenizer from {model_args.init_from} (model_config is not used)", flush=True)
+    return given
+
+
 # ---- publishing: called after final/ is saved, so a failure here never costs the trained model.
 
 def _token(hub: str, given: str | None) -> str | None:
