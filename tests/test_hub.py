@@ -257,7 +257,7 @@ def test_the_model_card_states_what_the_run_did(continued):
     assert f"{parameters:,} parameters" in card
     assert "1 optimizer steps x 256 tokens per step = 256 tokens trained" in card  # 4 sequences of 64 tokens, one step
     assert f"{stats['train']['documents']:,} documents, {stats['train']['tokens']:,} tokens" in card
-    assert str(DEMO) in card and "continued from `zh/tiny`" in card and "the tokenizer of `zh/tiny`" in card
+    assert str(DEMO) in card and "continued from `zh/tiny`" in card and "The tokenizer of `zh/tiny`" in card
     assert "hidden_size 32" in card
     assert 'pipeline("text-generation"' in card and "curves.png" not in card  # no picture was made for this run
     assert (final / "README.md").read_text(encoding="utf-8").startswith("---\nlanguage: zh")
@@ -359,6 +359,7 @@ def test_upload_failures_are_fast_clear_and_leave_final_intact(tmp_path, endpoin
     final = tmp_path / "run" / "final"
     final.mkdir(parents=True)
     (final / "README.md").write_text("card")
+    (final / "config.json").write_text("{}")
     (final / "model.safetensors").write_bytes(b"weights")
     before = {p.name: p.read_bytes() for p in final.iterdir()}
     # not logged in: no token anywhere

@@ -37,7 +37,7 @@ def _tokenizer(model_args, tokens: int, init_from: str | None) -> str:
     elif model_args.tokenizer_name_or_path:
         how = f"`{model_args.tokenizer_name_or_path}`"
     elif init_from:
-        how = f"the tokenizer of `{init_from}`"
+        how = f"The tokenizer of `{init_from}`"
     else:
         how = (f"A byte-level BPE trained on the training split (NFC, Qwen2-style split; at most "
                f"{model_args.tokenizer_train_max_chars:,} characters)")
@@ -60,8 +60,8 @@ def write(final: Path, state, data_args, model_args, params: dict, stats: dict, 
                                                   "num_key_value_heads", "intermediate_size", "n_embd", "n_layer", "n_head",
                                                   "vocab_size", "max_position_embeddings", "n_positions") if k in config)
     start = f"continued from `{init_from}`" if init_from else "trained from random initialisation"
-    result = (f"| eval loss | perplexity | bits per byte |\n| --- | --- | --- |\n"
-              f"| {metrics['eval_loss']:.4f} | {metrics['eval_perplexity']:.2f} | {metrics['eval_bits_per_byte']:.4f} |"
+    result = (f"| step | eval loss | perplexity | bits per byte |\n| --- | --- | --- | --- |\n"
+              f"| {metrics.get('step')} | {metrics['eval_loss']:.4f} | {metrics['eval_perplexity']:.2f} | {metrics['eval_bits_per_byte']:.4f} |"
               if "eval_perplexity" in metrics else "not evaluated")
     text = f"""---
 language: zh

@@ -157,6 +157,8 @@ def publish(folder: Path, target: str, token: str | None = None) -> str:
     hub, repo = parse(target)
     if hub is None or os.path.exists(target):
         raise UserError(f"'{target}' is not a hub id to publish to: use ORG/NAME (Hugging Face) or modelscope:ORG/NAME (ModelScope).")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} holds no saved model (no config.json): publish a run's final/ folder.")
     url = endpoint(hub)
     again = f"The model is saved in {folder}; upload it later with `python -m zhpretrain.hub {folder} {target}`."
     if not reachable(url):
