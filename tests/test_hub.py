@@ -182,7 +182,7 @@ def test_init_from_grows_the_embeddings_for_an_added_pad_and_keeps_every_old_row
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory):
     """pretrain.py --init_from a hub id found in a Hugging Face cache stand-in, with the hub unreachable: 1 step, then
-    the same command with --max_steps 2 (a resume)."""
+    the same command with --max_steps 2 (a resume), then once more (finished: evaluate, save, sample)."""
     tmp = tmp_path_factory.mktemp("init")
     snapshot = hf_cache_snapshot(tmp / "hf", "zh/tiny")
     tiny_causal_lm(snapshot)
@@ -197,6 +197,8 @@ def continued(tmp_path_factory):
     card = (tmp / "out" / "final" / "README.md").read_text(encoding="utf-8")
     second = run_pretrain(*args, "--max_steps", 2, cwd=tmp, env=env)
     assert second.returncode == 0, second.stdout[-3000:]
+    third = run_pretrain(*args, "--max_steps", 2, cwd=tmp, env=env)  # already finished: loads its own last checkpoint
+    assert third.returncode == 0 and "is already at the last step" in third.stdout, third.stdout[-3000:]
     return tmp, snapshot, first.stdout, second.stdout, card
 
 
@@ -242,6 +244,8 @@ def test_resuming_an_init_from_run_continues_from_its_own_checkpoint(continued):
     source, one, two = (load_file(p / "model.safetensors") for p in (snapshot, tmp / "out" / "checkpoint-1", tmp / "out" / "checkpoint-2"))
     key = "model.layers.0.mlp.up_proj.weight"
     assert not source[key].equal(one[key]) and not one[key].equal(two[key])
+    final = load_file(tmp / "out" / "final" / "model.safetensors")  # written again by the third, finished run
+    assert all(final[k].equal(two[k]) for k in two)
 
 
 def test_the_model_card_states_what_the_run_did(continued):
