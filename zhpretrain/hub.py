@@ -139,17 +139,20 @@ def fetch(data_args, model_args) -> dict:
 
 # ---- publishing: called after final/ is saved, so a failure here never costs the trained model.
 
-def _token(hub: str, given: str | None) -> str | None:
+def _login(hub: str, given: str | None) -> tuple[str | None, bool]:
+    """(the token to pass to the library, whether the user is logged in at all)."""
     if given:
-        return given
+        return given, True
     if hub == HF:
         from huggingface_hub import get_token
 
-        return get_token()  # HF_TOKEN, or what `hf auth login` saved
+        token = get_token()  # HF_TOKEN, or what `hf auth login` saved
+        return token, bool(token)
     from modelscope_hub.config import HubConfig
 
     config = HubConfig()
-    return config.token or config.load_token()  # MODELSCOPE_API_TOKEN, or what `modelscope login` saved
+    # MODELSCOPE_API_TOKEN is passed on; a `modelscope login` session is saved as cookies, which the client reads itself.
+    return config.token, bool(config.token or config.load_token())
 
 
 def publish(folder: Path, target: str, token: str | None = None) -> str:
@@ -163,8 +166,8 @@ def publish(folder: Path, target: str, token: str | None = None) -> str:
     again = f"The model is saved in {folder}; upload it later with `python -m zhpretrain.hub {folder} {target}`."
     if not reachable(url):
         raise UserError(f"Could not publish to {target}: {hub} ({url}) cannot be reached. {again}")
-    token = _token(hub, token)
-    if not token:
+    token, logged_in = _login(hub, token)
+    if not logged_in:
         login = "`hf auth login` (or set HF_TOKEN)" if hub == HF else "`modelscope login --token TOKEN` (or set MODELSCOPE_API_TOKEN)"
         raise UserError(f"Could not publish to {target}: not logged in to {hub}. Run {login}. {again}")
     message = "Upload final/ from zhpretrain"
