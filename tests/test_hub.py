@@ -372,8 +372,7 @@ def test_upload_failures_are_fast_clear_and_leave_final_intact(tmp_path, endpoin
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
-    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
-    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")  # ModelScope keeps its login under ~/.modelscope
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))  # where `modelscope login` keeps its session
     started = time.perf_counter()
     assert pretrain.publish(final, "tiny-zh", None, "me/tiny-zh") == 3
     err = capsys.readouterr().err
