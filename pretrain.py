@@ -198,7 +198,8 @@ def publish(final: Path, hub_model_id: str | None, hub_token: str | None, models
     """Upload final/ (already saved, with its card) to the hubs asked for; 3 when an upload failed, the model being safe."""
     from zhpretrain import hub
 
-    targets = ([(f"hf:{hub_model_id}", hub_token)] if hub_model_id else []) + ([(f"modelscope:{modelscope_id}", None)] if modelscope_id else [])
+    targets = [(f"hf:{hub_model_id}", hub_token)] if hub_model_id else []
+    targets += [(f"modelscope:{modelscope_id}", None)] if modelscope_id else []
     code = 0
     for target, token in targets:
         try:
@@ -219,7 +220,8 @@ def main(argv=None, stop=None) -> int:
     # The Trainer's own push_to_hub would create the repo before training and push output_dir (checkpoints) at every
     # save; we publish final/ with its card once it is saved instead.
     hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
-    hub_token, training_args.push_to_hub, training_args.hub_token = training_args.hub_token, False, None  # the Trainer pickles its arguments into every save
+    hub_token = training_args.hub_token
+    training_args.push_to_hub, training_args.hub_token = False, None  # the Trainer pickles its arguments into every save
     given = hub.fetch(data_args, model_args)
     modeling.check_positions(model_args, data_args.block_size)  # before hours of tokenizing, not after
     output_dir = setup(training_args, data_args)

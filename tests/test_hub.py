@@ -189,8 +189,8 @@ def continued(tmp_path_factory):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp / "hf"), "HF_ENDPOINT": closed_port_url()}
     # A constant rate: a cosine schedule ends at 0, and the resumed step would then not move the weights.
     args = ["--init_from", "zh/tiny", "--train_file", DEMO, "--block_size", 64, "--per_device_train_batch_size", 4,
-            "--warmup_steps", 0, "--lr_scheduler_type", "constant", "--max_eval_samples", 4, "--per_device_eval_batch_size", 4, "--eval_on_start", "true", "--eval_steps", 1,
-            "--save_steps", 1, "--output_dir", tmp / "out", "--cache_dir", tmp / "cache", "--swanlab_mode", "disabled"]
+            "--warmup_steps", 0, "--lr_scheduler_type", "constant", "--max_eval_samples", 4, "--per_device_eval_batch_size", 4,
+            "--eval_on_start", "true", "--eval_steps", 1, "--save_steps", 1, "--output_dir", tmp / "out", "--cache_dir", tmp / "cache", "--swanlab_mode", "disabled"]
     # Asked to publish with the hub unreachable: the run saves final/ and its card, then says so and exits 3.
     first = run_pretrain(*args, "--max_steps", 1, "--push_to_hub", "true", "--hub_model_id", "me/tiny-zh", cwd=tmp, env=env)
     assert first.returncode == 3, first.stdout[-3000:]

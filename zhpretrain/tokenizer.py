@@ -60,7 +60,8 @@ def qwen2(cache_root: Path) -> Path:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = qwen2_ranks()
-    recipe = json.dumps({"pattern": SPLIT, "special": QWEN2_SPECIAL, "normalizer": "NFC", "max_length": 1 << 30})  # a new recipe, a new cache
+    # Keyed by the ranks and the recipe: change either, and a new folder is built.
+    recipe = json.dumps({"pattern": SPLIT, "special": QWEN2_SPECIAL, "normalizer": "NFC", "max_length": 1 << 30})
     folder = cache_root / f"qwen2-tokenizer-{hashlib.sha256(ranks.read_bytes() + recipe.encode()).hexdigest()[:16]}"
     if folder.exists():
         return folder
