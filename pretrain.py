@@ -48,16 +48,20 @@ def data_source(data_args) -> dict:
 def prepare_data(data_args, model_args, source: dict, builder: bool, rank: int = 0, world: int = 1, resumed: str | None = None):
     """Documents -> train | test -> tokenizer -> token blocks (cached, or streamed): return (tokenizer, datasets, meta).
 
-    A resumed run keeps the tokenizer saved in its checkpoint: its embeddings were trained for exactly that one."""
+    A resumed run keeps the tokenizer saved in its checkpoint: its embeddings were trained for exactly that one; a
+    continued model (--init_from) brings its own."""
     import torch
 
     from zhpretrain import blocks, cache, data, tokenizer
 
     root = data_args.cache_root()
     if model_args.tokenizer_name_or_path:
-        tok, how = tokenizer.load(model_args.tokenizer_name_or_path, model_args.trust_remote_code), f"loaded {model_args.tokenizer_name_or_path}"
+        name = model_args.tokenizer_name_or_path
+        tok, how = tokenizer.load(name, model_args.trust_remote_code, root), f"loaded {name}"
     elif resumed and (Path(resumed) / "tokenizer.json").is_file():
         tok, how = tokenizer.load(resumed), f"the one saved in {resumed}"
+    elif model_args.init_from:
+        tok, how = tokenizer.load(model_args.init_from, model_args.trust_remote_code, root), f"loaded {model_args.init_from}"
     else:
         folder = tokenizer.cache_folder(root, source, model_args)
         cache.once(folder, lambda tmp: tokenizer.train_and_save(data_args, model_args, tmp), builder, "tokenizer cache")
@@ -186,7 +190,8 @@ def build(model_args, training_args, tok, block_size: int, checkpoint: str | Non
 
     config = modeling.build_config(model_args, tok, block_size)
     done = rundir.finished_step(checkpoint, training_args.max_steps)
-    model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None)
+    model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None,
+                                 init_from=model_args.init_from, tokens=len(tok), pad_token_id=tok.pad_token_id)
     params = modeling.count_parameters(model)
     print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
           f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
@@ -267,21 +272,46 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
         run.log_samples(step, [sample], label="sample", key="final_sample")
 
 
+def publish(final: Path, hub_model_id: str | None, hub_token: str | None, modelscope_id: str | None) -> int:
+    """Upload final/ (already saved, with its card) to the hubs asked for; 3 when an upload failed, the model being safe."""
+    from zhpretrain import hub
+
+    targets = [(f"hf:{hub_model_id}", hub_token)] if hub_model_id else []
+    targets += [(f"modelscope:{modelscope_id}", None)] if modelscope_id else []
+    code = 0
+    for target, token in targets:
+        try:
+            print(f"published {final} to {hub.publish(final, target, token)}", flush=True)
+        except UserError as e:
+            report(e)
+            code = 3
+    return code
+
+
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import config, train
+    from zhpretrain import config, hub, train
 
     stop = stop or train.GracefulStop()
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
     print(f"preset: {preset}", flush=True)
+    # The Trainer's own push_to_hub would create the repo before training and push output_dir (checkpoints) at every
+    # save; we publish final/ with its card once it is saved instead.
+    hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
+    hub_token = training_args.hub_token
+    training_args.push_to_hub, training_args.hub_token = False, None  # the Trainer pickles its arguments into every save
+    given = hub.fetch(data_args, model_args)
     output_dir, lock = setup(training_args, data_args, run_args)
     try:
-        return run(data_args, model_args, run_args, training_args, preset, output_dir, stop)
+        code = run(data_args, model_args, run_args, training_args, preset, output_dir, stop, given)
     finally:
         lock.release()
+    if code or training_args.process_index != 0:
+        return code
+    return publish(output_dir / "final", hub_model_id, hub_token, run_args.push_to_modelscope)
 
 
-def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop) -> int:
-    from zhpretrain import rundir, stream, tracking, train
+def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop, given: dict) -> int:
+    from zhpretrain import card, rundir, stream, tracking, train
 
     main_process = training_args.process_index == 0
     checkpoint, source, run_identity = resume_point(output_dir, data_args, model_args, run_args, training_args, main_process)
@@ -319,6 +349,8 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
         if not fit(trainer, stop, checkpoint, done, output_dir):
             return 130
         save_and_sample(trainer, output_dir, run, run_args.prompt, run_args.max_new_tokens)
+        if main_process:
+            card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok), given)
     finally:
         run.finish()
     return 0

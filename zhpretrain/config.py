@@ -22,7 +22,7 @@ DEMO_PRESET = REPO / "configs" / "demo.yaml"
 class DataArguments:
     train_file: str | None = field(default=WIKI_FILE, metadata={"help": "Path, directory or glob of .jsonl/.json/.parquet/.txt files."})
     validation_file: str | None = field(default=None, metadata={"help": "Held-out files; when set, replaces the train/test split."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hugging Face hub dataset id (needs network); replaces train_file."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A hub dataset id, replacing train_file: ORG/NAME (Hugging Face, streamed) or modelscope:ORG/NAME (downloaded to its cache, then read as files)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The hub dataset's configuration name."})
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text; default: the first of text, completion, content."})
     validation_split_percentage: float = field(default=1.0, metadata={"help": "Percent of documents held out for evaluation."})
@@ -42,7 +42,8 @@ class DataArguments:
 class ModelArguments:
     model_config: str = field(default="configs/models/qwen2-tutorial.json", metadata={"help": "A Hugging Face config.json (file or folder) giving the model's shape."})
     config_overrides: str | None = field(default=None, metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'num_hidden_layers=6,hidden_size=384'."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A local Hugging Face tokenizer folder; default: train a byte-level BPE."})
+    init_from: str | None = field(default=None, metadata={"help": "Continue pretraining a causal LM: a folder (e.g. a run's final/), ORG/NAME (Hugging Face) or modelscope:ORG/NAME; its weights, shape and tokenizer replace model_config and the BPE."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A tokenizer folder, ORG/NAME (Hugging Face), modelscope:ORG/NAME, or qwen2 (Qwen2's tokenizer, offline); default: train a byte-level BPE."})
     tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
     tokenizer_train_max_chars: int = field(default=3_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (peak memory grows ~0.23 GB per million)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
@@ -59,6 +60,7 @@ class RunArguments:
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
     allow_resume_changes: bool = field(default=False, metadata={"help": "Resume a checkpoint although the data or the training hyper-parameters changed since it was started (its tokenizer and model shape are kept)."})
     allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
+    push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
 
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)

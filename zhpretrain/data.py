@@ -19,7 +19,8 @@ from .errors import UserError
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 # Files a downloaded dataset folder holds beside its data: never trained on, never reported as malformed.
-METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "config.json", "manifest.json"}
+METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "config.json", "configuration.json",
+            "manifest.json"}
 NOT_DATA_PREFIXES = ("readme", "license", "licence", "copying", "notice", "citation", "changelog")
 TEXT_COLUMNS = ("text", "completion", "content")
 CHUNK = 1 << 20  # bytes read at a time from a JSON array: bounded memory whatever the file size

