@@ -5,7 +5,6 @@
 Load the documents, split them, train (or load) a tokenizer, cut the text into token blocks, build a model,
 train it with the Hugging Face Trainer (curves to SwanLab), save it, and print a sample continuation.
 """
-import errno
 import json
 import os
 import socket
@@ -208,24 +207,6 @@ def batch_shape(training_args, block_size: int, streaming: bool) -> dict:
             "block_size": block_size, "streaming": streaming}
 
 
-def disk_failure(error: BaseException, output_dir: Path, what: str) -> UserError | None:
-    """A write that failed for lack of space or permission, as one paragraph: where, what was kept, what to do."""
-    from zhpretrain import rundir
-
-    disk_errors = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-    chain = [error, error.__cause__, error.__context__]
-    os_error = next((e for e in chain if isinstance(e, OSError) and e.errno in disk_errors), None)
-    text = " ".join(str(e) for e in chain if e is not None)
-    if os_error is None and not any(w in text.lower() for w in ("write failed", "no space", "read-only", "file too large")):
-        return None
-    reason = os_error.strerror if os_error is not None else text.splitlines()[0] if text else type(error).__name__
-    good = rundir.last_checkpoint(output_dir)
-    kept = f"the newest complete checkpoint is {good}" if good else "no complete checkpoint was written yet"
-    return UserError(f"Writing {what} in {output_dir} failed: {reason}. Nothing else was lost: {kept}. Free disk space "
-                     "(or fix the folder's permissions, or choose another --output_dir on a writable disk), then run the same "
-                     "command to continue from it.")
-
-
 def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Path) -> bool:
     """Train (resuming from checkpoint); False when a signal stopped the run after saving a checkpoint."""
     if done:
@@ -238,8 +219,6 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
     stop.training = True
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
-    except (OSError, RuntimeError) as e:
-        raise disk_failure(e, output_dir, "a checkpoint") or e
     finally:
         stop.training = False  # a Ctrl-C during the final save and sample interrupts at once
     if stop.stopped_at is None:
@@ -252,7 +231,7 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
 
 def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens: int) -> None:
     """Save final/ (safetensors), then load it back as a user would and continue the prompt."""
-    from zhpretrain import train
+    from zhpretrain import rundir, train
 
     step = trainer.state.global_step
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
@@ -260,8 +239,8 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
     final = output_dir / "final"
     try:
         trainer.save_model(str(final))
-    except (OSError, RuntimeError) as e:
-        raise disk_failure(e, output_dir, "final/") or e
+    except Exception as e:  # see rundir.save_error: torch reports a full disk as a RuntimeError
+        raise rundir.save_error(final, e) from None
     if trainer.is_world_process_zero():
         print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
               f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)

@@ -254,3 +254,21 @@ def space_problem(folder: Path, needed: int, what: str) -> str | None:
     if free >= needed:
         return None
     return f"{folder} has {free / 1e9:.2f} GB free and {what} needs about {needed / 1e9:.2f} GB"
+
+
+def save_error(folder: Path, error: BaseException) -> UserError:
+    """A save that failed, as one paragraph: where, why, what was kept, what to do.
+
+    A full disk, a quota, a read-only file system or a file-size limit reach us as an OSError from Python's writers but
+    as cryptic RuntimeErrors from torch's ("basic_ios::clear: iostream error"), so every failure to save is reported
+    this way, with the underlying message kept."""
+    chain = [e for e in (error, error.__cause__, error.__context__) if e is not None]
+    os_error = next((e for e in chain if isinstance(e, OSError) and e.strerror), None)
+    reason = os_error.strerror if os_error else f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    if folder.parent.exists() and space_problem(folder.parent, 1 << 20, "more"):
+        reason += "; the disk is full"
+    good = last_checkpoint(folder.parent)
+    kept = f"the newest complete checkpoint is {good}" if good else "no complete checkpoint was written yet"
+    return UserError(f"Writing {folder} failed ({reason}). Nothing written before it was lost: {kept}. Free disk space, "
+                     "fix the folder's permissions, raise the quota or file-size limit, or choose another --output_dir on a "
+                     "writable disk; then run the same command to continue from there.")

@@ -42,6 +42,12 @@ class PretrainTrainer(Trainer):
         self.nonfinite_losses = bad if self.nonfinite_losses is None else self.nonfinite_losses + bad
         return loss
 
+    def _save_checkpoint(self, model, trial):
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as e:  # see rundir.save_error: torch reports a full disk as a RuntimeError
+            raise rundir.save_error(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}", e) from None
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
         now, step = time.perf_counter(), self.state.global_step
         if "eval_loss" in logs:
