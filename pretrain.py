@@ -175,7 +175,7 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
 
 def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens: int) -> None:
     """Save final/ (safetensors), then load it back as a user would and continue the prompt."""
-    from zhpretrain import train
+    from zhpretrain import console, train
 
     step = trainer.state.global_step
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
@@ -183,8 +183,9 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
     final = output_dir / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
-        print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
-              f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
+        train.tidy_final(final)
+        console.write(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
+                      f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}")
         from transformers import pipeline
 
         generator = pipeline("text-generation", model=str(final), device=trainer.args.device)
@@ -193,7 +194,7 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
 
 
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import config, stream, tracking, train
+    from zhpretrain import config, console, stream, tracking, train
     from zhpretrain import model as modeling
 
     stop = stop or train.GracefulStop()
@@ -227,6 +228,7 @@ def main(argv=None, stop=None) -> int:
         callbacks.append(train.StreamPosition(datasets["train"], training_args.process_index))
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
+    console.attach(trainer, output_dir, main_process)
     try:
         if not fit(trainer, stop, checkpoint, done, output_dir):
             return 130
@@ -237,6 +239,8 @@ def main(argv=None, stop=None) -> int:
 
 
 if __name__ == "__main__":
+    if not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
+        print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     from zhpretrain.train import GracefulStop
 

@@ -34,8 +34,10 @@ class Run:
         self.swanlab, self.callback = swanlab, callback
 
     def log_samples(self, step: int, texts: list[str], label: str = "eval sample", key: str = "samples") -> None:
+        from .console import write
+
         for text in texts:
-            print(f"{label} @ step {step}: {text[:200]!r}", flush=True)
+            write(f"{label} @ step {step}: {text[:200]!r}")  # above the progress bar; repr keeps it on one line
         if self.swanlab is not None:
             self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
 
