@@ -220,7 +220,7 @@ def main(argv=None, stop=None) -> int:
     run = tracking.start(run_args, training_args, main_process=main_process,
                          config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
                                  "training": training_args.to_dict(), "model_config": model.config.to_dict(),
-                                 "data_stats": stats, **params, **shape.shape})
+                                 "data_stats": stats, **params, **shape.shape}, checkpoint=checkpoint)
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
                                    enabled=not train.sharded(training_args))
     callbacks = [stop, train.FiniteWeights(), shape, samples] + ([run.callback] if run.callback else [])
