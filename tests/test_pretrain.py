@@ -1,5 +1,6 @@
 """End to end: pretrain.py run as a user runs it, its outputs, its SwanLab log, and its data statistics."""
 import json
+import os
 
 import pytest
 
@@ -27,7 +28,9 @@ def test_demo_writes_a_final_model_that_loads_and_generates(demo_run):
     # What a user loads, readable by others like any file they create; no pickle (training_args.bin) to unpickle.
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
                                                        "tokenizer.json", "tokenizer_config.json"]
-    assert {oct(p.stat().st_mode & 0o777) for p in final.iterdir()} == {"0o644"}  # the test umask is 022
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in final.iterdir()} == {0o666 & ~umask}  # 0o644 with the usual umask 022
     model, tok = AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
     assert model.config.vocab_size >= len(tok) and tok.pad_token_id != tok.eos_token_id
     text = pipeline("text-generation", model=str(final))("陕西省是", max_new_tokens=8, do_sample=False)[0]["generated_text"]
