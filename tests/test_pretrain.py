@@ -5,7 +5,7 @@ import os
 import pytest
 
 import swanlab_log
-from conftest import run_pretrain, shared
+from conftest import DEMO, run_pretrain, shared
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,15 @@ def test_demo_eval_loss_falls_and_data_stats_are_written(demo_run):
     stats = json.loads((tmp / "out" / "data_stats.json").read_text())
     for split in ("train", "test"):
         s = stats[split]
-        assert s["documents"] > 0 and s["tokens"] > 0 and s["blocks"] == s["tokens"] // 128
-        assert s["tokens"] - s["tokens_in_blocks"] < 128
+        assert s["documents"] > 0 and s["blocks"] == s["tokens"] // 128 == s["tokens_in_blocks"] // 128
+    # Counted independently: every demo document tokenized by the saved tokenizer, plus one EOS each.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp / "out" / "final")
+    texts = [json.loads(line)["text"] for line in DEMO.read_text(encoding="utf-8").splitlines()]
+    assert stats["train"]["documents"] + stats["test"]["documents"] == len(texts)
+    assert stats["train"]["tokens"] + stats["test"]["tokens"] == sum(len(tok(t)["input_ids"]) + 1 for t in texts)
+    assert stats["train"]["bytes"] + stats["test"]["bytes"] == sum(len(t.encode()) for t in texts)
     assert f"train: {stats['train']['documents']:,} documents, {stats['train']['tokens']:,} tokens" in out
 
 
