@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,13 +40,17 @@ def start(args, cwd) -> subprocess.Popen:
     return proc
 
 
-def training_started(proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Wait for the Trainer's progress bar: the run is inside trainer.train()."""
+def wait_output(proc: subprocess.Popen, pattern: str, timeout: float = 240) -> None:
+    """Wait until the output matches pattern (polling what the reader thread collected), or the process ends."""
     deadline = time.time() + timeout
-    while "/100000 [" not in "".join(proc.output):
+    while not re.search(pattern, "".join(proc.output)):
         assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
-        time.sleep(0.1)
-    time.sleep(1)
+        time.sleep(0.05)
+
+
+def training_started(proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait for the progress bar to count a finished step: the run is inside trainer.train()'s loop."""
+    wait_output(proc, r"\b[1-9]\d*/100000 \[", timeout)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -116,7 +121,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     proc = start([*common(tmp_path, "out", steps=100000, save=100000), "--gradient_accumulation_steps", 40], tmp_path)
     training_started(proc)
     os.kill(proc.pid, signal.SIGINT)
-    time.sleep(0.5)  # two signals sent back to back coalesce into one: a person presses twice
+    wait_output(proc, "stopping: saving a checkpoint", 30)  # the first one was handled: now a person presses again
     os.kill(proc.pid, signal.SIGINT)
     out = finish(proc, timeout=30)
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out
