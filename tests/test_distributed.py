@@ -9,6 +9,8 @@ import pytest
 import swanlab_log
 from conftest import REPO, run_pretrain
 
+pytestmark = pytest.mark.slow  # two-process launches: minutes on two cores; `make test-all` and CI run them
+
 COMMON = ["--max_steps", 8, "--logging_steps", 1, "--eval_steps", 8, "--save_steps", 8, "--eval_on_start", "false",
           "--block_size", 64]
 

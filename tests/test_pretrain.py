@@ -87,6 +87,7 @@ def test_rerunning_the_same_command_resumes_and_does_not_train_again(demo_run):
     assert not (tmp / "out" / "checkpoint-41").exists()
 
 
+@pytest.mark.slow
 def test_json_array_file_trains(tmp_path):
     proc = run_pretrain("--train_file", shared("zhwiki-sample.json"), "--max_steps", 5, "--eval_steps", 5, "--output_dir",
                         tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled", cwd=tmp_path)
@@ -95,6 +96,7 @@ def test_json_array_file_trains(tmp_path):
     assert stats["train"]["documents"] + stats["test"]["documents"] == 1044
 
 
+@pytest.mark.slow
 def test_blocks_keep_at_least_999_per_mille_of_the_val_tokens(tmp_path):
     proc = run_pretrain("--train_file", shared("zhwiki-val.jsonl"), "--block_size", 512, "--tokenizer_vocab_size", 8000,
                         "--max_steps", 1, "--eval_on_start", "false", "--output_dir", tmp_path / "out", "--cache_dir",

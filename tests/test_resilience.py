@@ -72,6 +72,7 @@ def final_eval_loss(out: Path) -> float:
     return [h for h in json.loads(states[-1].read_text())["log_history"] if "eval_loss" in h][-1]["eval_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
     extra = ["--streaming", "true"] if streaming else []
@@ -101,7 +102,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
     proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
     training_started(proc)
@@ -116,6 +117,7 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
     assert "Run the same command to continue" in out
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # 40 micro-batches per step: the first Ctrl-C waits seconds for the step to end, and the second one cuts it short.
     proc = start([*common(tmp_path, "out", steps=100000, save=100000), "--gradient_accumulation_steps", 40], tmp_path)
@@ -138,6 +140,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_path):
     first = run_pretrain(*common(tmp_path, "out", steps=5, save=5), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:]
