@@ -1,11 +1,14 @@
 """End to end: pretrain.py run as a user runs it, its outputs, its SwanLab log, and its data statistics."""
 import json
 import os
+import re
 
 import pytest
 
 import swanlab_log
 from conftest import DEMO, run_pretrain, shared
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +16,7 @@ def demo_run(tmp_path_factory):
     """The demo preset, shortened: 40 steps with evaluations at 0, 20 and 40."""
     tmp = tmp_path_factory.mktemp("demo")
     args = ["--max_steps", 40, "--eval_steps", 20, "--save_steps", 20, "--output_dir", tmp / "out", "--cache_dir", tmp / "cache",
-            "--swanlab_mode", "local", "--swanlab_log_dir", tmp / "swanlog"]
+            "--swanlab_mode", "local", "--swanlab_log_dir", tmp / "swanlog", "--max_new_tokens", 16]
     proc = run_pretrain(*args, cwd=tmp)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return tmp, args, proc.stdout
@@ -78,6 +81,36 @@ def test_demo_swanlab_log_holds_train_and_eval_curves_samples_and_config(demo_ru
     assert config["model"]["model_config"].endswith("qwen2-demo.json") and config["training"]["max_steps"] == 40
 
 
+def first_run_log(tmp) -> list[str]:
+    """train.log as the demo run wrote it (a later test re-runs the command and appends)."""
+    lines = (tmp / "out" / "train.log").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("--- ")
+    return lines[:next((i for i, line in enumerate(lines) if i and line.startswith("--- ")), len(lines))]
+
+
+def test_log_lines_and_samples_are_above_the_progress_bar_and_in_train_log(demo_run):
+    tmp, _, out = demo_run
+    assert out.splitlines()[0] == "zhpretrain: loading libraries ..."  # printed before torch and transformers load
+    body = first_run_log(tmp)[1:]
+    # A line written above the bar ends a \r-separated segment of its own; written through the bar it would share one.
+    segments = {ANSI.sub("", line.split("\r")[-1]) for line in out.split("\n")}
+    assert body and [line for line in body if line not in segments] == []
+    assert "{'loss'" not in out  # the Trainer's own dict lines are gone
+
+    history = json.loads((tmp / "out" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    train = [line for line in body if line.startswith("step ")]
+    assert [int(re.match(r"step (\d+)/40 ", line).group(1)) for line in train] == [10, 20, 30, 40]
+    logged = [h["loss"] for h in history if "loss" in h]
+    assert [float(re.search(r"\| loss ([\d.]+) \|", line).group(1)) for line in train] == [round(x, 4) for x in logged]
+    assert all(re.search(r"\| lr \d\.\d\de-\d\d \| grad [\d.]+ \| [\d,]+ tok/s \| ETA \d+:\d\d:\d\d$", line)
+               for line in train), train
+    evals = [line for line in body if line.startswith("eval  step ")]
+    assert [line.split(" |")[0] for line in evals] == ["eval  step 0", "eval  step 20", "eval  step 40"]
+    samples = [re.match(r"(.*)sample @ step (\d+): '", line) for line in body if "sample @" in line]
+    assert [(m.group(1), int(m.group(2))) for m in samples] == [("eval ", s) for s in (0, 20, 40) for _ in range(3)] + [("", 40)]
+    assert any(line.startswith("final: eval_loss ") for line in body)
+
+
 def test_rerunning_the_same_command_resumes_and_does_not_train_again(demo_run):
     tmp, args, _ = demo_run
     proc = run_pretrain(*args, "--swanlab_mode", "disabled", cwd=tmp)
@@ -85,6 +118,9 @@ def test_rerunning_the_same_command_resumes_and_does_not_train_again(demo_run):
     assert "checkpoint-40 is already at the last step" in proc.stdout and "sample @ step 40: '陕西省是" in proc.stdout
     assert "tokenizer: " in proc.stdout and "tokenizing:" not in proc.stdout  # tokenizer and blocks came from the cache
     assert not (tmp / "out" / "checkpoint-41").exists()
+    log = (tmp / "out" / "train.log").read_text(encoding="utf-8").splitlines()  # appended, not replaced
+    assert log[:len(first_run_log(tmp))] == first_run_log(tmp) and sum(line.startswith("--- ") for line in log) == 2
+    assert log[-1].startswith("sample @ step 40: '陕西省是")
 
 
 @pytest.mark.slow
