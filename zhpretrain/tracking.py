@@ -41,7 +41,9 @@ def make_callback():
 def _saved_id(output_dir: str, checkpoint: str | None) -> str | None:
     """The run id stored beside the checkpoints, when there is a checkpoint to continue (a fresh start gets a new run)."""
     path = Path(output_dir) / ID_FILE
-    return path.read_text().strip() or None if checkpoint and path.is_file() else None
+    if not (checkpoint and path.is_file()):
+        return None
+    return path.read_text().strip() or None
 
 
 def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> None:
