@@ -231,7 +231,7 @@ def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Pat
 
 def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens: int) -> None:
     """Save final/ (safetensors), then load it back as a user would and continue the prompt."""
-    from zhpretrain import rundir, train
+    from zhpretrain import console, rundir, train
 
     step = trainer.state.global_step
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
@@ -242,8 +242,9 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
     except Exception as e:  # see rundir.save_error: torch reports a full disk as a RuntimeError
         raise rundir.save_error(final, e) from None
     if trainer.is_world_process_zero():
-        print(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
-              f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}", flush=True)
+        train.tidy_final(final)
+        console.write(f"final: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}, "
+                      f"bits per byte {metrics['eval_bits_per_byte']:.4f}; model saved to {final}")
         from transformers import pipeline
 
         generator = pipeline("text-generation", model=str(final), device=trainer.args.device)
@@ -314,7 +315,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
     run = tracking.start(run_args, training_args, main_process=main_process,
                          config={"preset": str(preset), "data": vars(data_args), "model": vars(model_args), "run": vars(run_args),
                                  "training": training_args.to_dict(), "model_config": model.config.to_dict(),
-                                 "data_stats": stats, **params, **shape.shape})
+                                 "data_stats": stats, **params, **shape.shape}, checkpoint=checkpoint)
     samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
                                    enabled=not train.sharded(training_args))
     guard = train.Guard(stop, params["parameters"])
@@ -324,6 +325,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
     bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
     guard.trainer = trainer
+    console.attach(trainer, output_dir, main_process)
     try:
         if not fit(trainer, stop, checkpoint, done, output_dir):
             return 130
@@ -336,6 +338,8 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
 
 
 if __name__ == "__main__":
+    if not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
+        print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source line
     from zhpretrain.train import GracefulStop

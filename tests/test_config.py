@@ -61,9 +61,8 @@ def test_every_preset_parses_and_every_key_is_commented(preset):
 def test_yaml_values_are_type_checked_and_streaming_needs_max_steps(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("block_size: 12.5  # not an int\n")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError, match=r"^--block_size expects an integer, not '12.5' \(from .*bad.yaml\)\.$"):
         config.parse_args([str(bad)])
-    assert e.value.code == 2
     one = tmp_path / "one.yaml"
     one.write_text("sample_prompts: 陕西省是  # one prompt, not a list\n")
     assert config.parse_args([str(one)])[3].sample_prompts == ["陕西省是"]

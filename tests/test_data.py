@@ -125,3 +125,15 @@ def test_reading_resumes_at_any_yielded_position(tmp_path, monkeypatch, fmt):
         _, index, offset = everything[k]
         again = list(data.read_texts(files, None, False, data.ReadStats(), position=(index, offset)))
         assert again == everything[k:]
+
+
+def test_missing_shared_data_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    import conftest
+
+    monkeypatch.setattr(conftest, "SHARED", tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        conftest.shared("zhwiki-sample.jsonl")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        conftest.shared("zhwiki-sample.jsonl")

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,13 +40,17 @@ def start(args, cwd) -> subprocess.Popen:
     return proc
 
 
-def training_started(proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Wait for the Trainer's progress bar: the run is inside trainer.train()."""
+def wait_output(proc: subprocess.Popen, pattern: str, timeout: float = 240) -> None:
+    """Wait until the output matches pattern (polling what the reader thread collected), or the process ends."""
     deadline = time.time() + timeout
-    while "/100000 [" not in "".join(proc.output):
+    while not re.search(pattern, "".join(proc.output)):
         assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
-        time.sleep(0.1)
-    time.sleep(1)
+        time.sleep(0.05)
+
+
+def training_started(proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait for the progress bar to count a finished step: the run is inside trainer.train()'s loop."""
+    wait_output(proc, r"\b[1-9]\d*/100000 \[", timeout)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -67,6 +72,7 @@ def final_eval_loss(out: Path) -> float:
     return [h for h in json.loads(states[-1].read_text())["log_history"] if "eval_loss" in h][-1]["eval_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
     extra = ["--streaming", "true"] if streaming else []
@@ -96,7 +102,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, streaming):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
     proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
     training_started(proc)
@@ -111,12 +117,13 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_continue(tmp_path, sig):
     assert "Run the same command to continue" in out
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # 40 micro-batches per step: the first Ctrl-C waits seconds for the step to end, and the second one cuts it short.
     proc = start([*common(tmp_path, "out", steps=100000, save=100000), "--gradient_accumulation_steps", 40], tmp_path)
     training_started(proc)
     os.kill(proc.pid, signal.SIGINT)
-    time.sleep(0.5)  # two signals sent back to back coalesce into one: a person presses twice
+    wait_output(proc, "stopping: saving a checkpoint", 30)  # the first one was handled: now a person presses again
     os.kill(proc.pid, signal.SIGINT)
     out = finish(proc, timeout=30)
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out
@@ -133,6 +140,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_path):
     first = run_pretrain(*common(tmp_path, "out", steps=5, save=5), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:]

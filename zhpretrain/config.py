@@ -1,4 +1,5 @@
 """The argument dataclasses, YAML presets and command-line overrides."""
+import argparse
 import dataclasses
 import difflib
 import os
@@ -10,6 +11,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from . import usage
 from .errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,23 +81,22 @@ def resolve_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
-def _choose_preset(argv: list[str]) -> tuple[Path, list[str]]:
-    """The first argument may name a YAML preset; otherwise the wiki preset if its corpus is here, else the demo."""
+def _choose_preset(argv: list[str]) -> tuple[Path, list[str], str | None]:
+    """The first argument may name a YAML preset; otherwise the wiki preset if its corpus is here, else the demo
+    (with a note, printed once the arguments parsed, so a bad option's error stays one line)."""
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
             raise UserError(f"Preset file {path} does not exist. The presets shipped are in {REPO / 'configs'}.")
-        return path, argv[1:]
+        return path, argv[1:], None
     if Path(resolve_path(WIKI_FILE)).is_file():
-        return WIKI_PRESET, argv
+        return WIKI_PRESET, argv, None
     if not any(a.split("=")[0] in ("--train_file", "--dataset_name") for a in argv):
-        print(
+        return DEMO_PRESET, argv, (
             f"{WIKI_FILE} not found, so running the demo preset on the small demo corpus. For the real run, download "
             "wikipedia-zh-cn-20240820.json (Hugging Face: fjcanyue/wikipedia-zh-cn; or ModelScope) into data/, "
-            "or pass --train_file PATH.",
-            flush=True,
-        )
-    return DEMO_PRESET, argv
+            "or pass --train_file PATH.")
+    return DEMO_PRESET, argv, None
 
 
 def load_preset(path: Path, valid: set[str]) -> dict:
@@ -114,12 +115,16 @@ def load_preset(path: Path, valid: set[str]) -> dict:
 def parse_args(argv: list[str] | None = None):
     """Return (data, model, run, training) arguments from an optional YAML preset plus command-line overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    # exit_on_error=False: a bad value raises, and becomes one line below instead of argparse's 129-line usage.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False, exit_on_error=False, usage=usage.USAGE)
     valid = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
-    if "-h" in argv or "--help" in argv:
+    if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
-    preset, argv = _choose_preset(argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage.short_help(parser, REPO / "configs"))
+        raise SystemExit(0)
+    preset, argv, note = _choose_preset(argv)
     defaults = load_preset(preset, valid)
     for action in parser._actions:  # YAML gives typed values; argparse type-checks only string defaults
         if action.dest in defaults and defaults[action.dest] is not None:
@@ -129,11 +134,16 @@ def parse_args(argv: list[str] | None = None):
             elif isinstance(value, (bool, int, float, str)):
                 defaults[action.dest] = str(value)
     parser.set_defaults(**defaults)
-    namespace, rest = parser.parse_known_args(argv)
+    try:
+        namespace, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise UserError(usage.invalid_value(e, argv, preset)) from None
     if rest:
         unknown = next((a for a in rest if a.startswith("--")), rest[0])
         hint = _closest(unknown.lstrip("-").split("=")[0], valid).replace("'", "'--", 1)
         raise UserError(f"Unknown option '{unknown}'.{hint} Run python pretrain.py --help for every option.")
+    if note:
+        print(note, flush=True)
     if namespace.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         print("bf16 is not supported on this device: training in fp32.", flush=True)
         namespace.bf16 = False

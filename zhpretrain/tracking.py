@@ -1,10 +1,63 @@
 """Decide the SwanLab mode, start the run on the main process, and never let the dashboard stop training."""
+import json
 import os
 import warnings
+from pathlib import Path
 
 from .net import reachable
 
 MODES = ("cloud", "local", "offline", "disabled")
+ID_FILE = "swanlab_id"  # in the output_dir: a resumed or re-run run continues this SwanLab run
+# The charts people read; everything else the Trainer logs (epoch, global step, runtimes, samples per second) goes
+# under trainer/, since SwanLab groups charts by the prefix before '/'.
+MAIN_CHARTS = {"train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/tokens_seen",
+               "eval/loss", "eval/perplexity", "eval/bits_per_byte"}
+
+
+def chart_key(key: str) -> str:
+    if key in MAIN_CHARTS or "/" not in key or key.startswith("single_value/"):
+        return key
+    split, name = key.split("/", 1)
+    return f"trainer/{name}" if split == "train" else f"trainer/{split}_{name}"
+
+
+def make_callback():
+    """SwanLab's Trainer callback with our chart groups; it also replays a checkpoint's log history (see start)."""
+    from swanlab.integration.transformers import SwanLabCallback, rewrite_logs
+
+    class Callback(SwanLabCallback):
+        def _log(self, payload, step: int) -> None:
+            super()._log({chart_key(k): v for k, v in payload.items()}, step)
+
+        def replay(self, history: list[dict]) -> None:
+            for entry in history:
+                logs = {k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))}
+                if logs:
+                    self._log(rewrite_logs(logs), entry["step"])
+
+    return Callback()
+
+
+def _saved_id(output_dir: str, checkpoint: str | None) -> str | None:
+    """The run id stored beside the checkpoints, when there is a checkpoint to continue (a fresh start gets a new run)."""
+    path = Path(output_dir) / ID_FILE
+    if not (checkpoint and path.is_file()):
+        return None
+    return path.read_text().strip() or None
+
+
+def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> None:
+    """Store the run id; in local and offline mode, copy the checkpoint's curves into this run.
+
+    SwanLab 0.10.3 resumes a run by id only in cloud mode (the server holds the experiment). Local and offline mode
+    always write a new run-<time>-<id> folder (ensure_run_dir creates it with exist_ok=False, the record file is opened
+    "xb") and the local dashboard adds a new experiment. So the new run gets the history the Trainer kept in the
+    checkpoint: this run alone shows the whole curve, and the same id makes `swanlab sync` of offline folders continue
+    one cloud experiment."""
+    Path(output_dir, ID_FILE).write_text(swanlab.get_run().id)
+    if mode in ("local", "offline") and checkpoint:
+        history = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]
+        callback.replay(history)
 
 
 def logged_in() -> bool:
@@ -34,8 +87,10 @@ class Run:
         self.swanlab, self.callback = swanlab, callback
 
     def log_samples(self, step: int, texts: list[str], label: str = "eval sample", key: str = "samples") -> None:
+        from .console import write
+
         for text in texts:
-            print(f"{label} @ step {step}: {text[:200]!r}", flush=True)
+            write(f"{label} @ step {step}: {text[:200]!r}")  # above the progress bar; repr keeps it on one line
         if self.swanlab is not None:
             self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
 
@@ -44,8 +99,9 @@ class Run:
             self.swanlab.finish()
 
 
-def start(run_args, training_args, main_process: bool, config: dict) -> Run:
-    """Start SwanLab on the main process. Cloud falls back to local with a warning; any other failure disables it."""
+def start(run_args, training_args, main_process: bool, config: dict, checkpoint: str | None = None) -> Run:
+    """Start SwanLab on the main process. Cloud falls back to local with a warning; any other failure disables it.
+    With a checkpoint to continue from, continue the SwanLab run stored in the output_dir."""
     if not main_process:
         return Run()
     if "SWANLAB_PROJECT" in os.environ:  # swanlab 0.10 parses it as a nested setting and every init fails
@@ -55,10 +111,12 @@ def start(run_args, training_args, main_process: bool, config: dict) -> Run:
     if mode == "disabled":
         return Run()
     import swanlab
-    from swanlab.integration.transformers import SwanLabCallback
 
     name = run_args.swanlab_experiment_name or os.path.basename(os.path.normpath(training_args.output_dir))
     init = dict(project=run_args.swanlab_project, experiment_name=name, log_dir=run_args.swanlab_log_dir, config=config)
+    run_id = _saved_id(training_args.output_dir, checkpoint)
+    if run_id:
+        init.update(id=run_id, resume="allow")
     fallback = f"logging locally to {run_args.swanlab_log_dir} (see it with `swanlab watch {run_args.swanlab_log_dir}`)"
     try:
         settings = swanlab.Settings(interactive=False)  # never block on a login prompt inside tmux or CI
@@ -69,14 +127,18 @@ def start(run_args, training_args, main_process: bool, config: dict) -> Run:
                 if not reachable(swanlab.Settings().api_host):
                     raise ConnectionError("the SwanLab server cannot be reached")
                 swanlab.init(mode="cloud", settings=settings, **init)
-                return Run(swanlab, SwanLabCallback())
+                callback = make_callback()
+                _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
+                return Run(swanlab, callback)
             except Exception as e:  # no network, a wrong key, a server error: the run goes on, logged locally
                 warnings.warn(f"SwanLab cloud is unavailable ({e}); {fallback}.", stacklevel=1)
                 if swanlab.has_run():
                     swanlab.finish()
                 mode = "local"
         swanlab.init(mode=mode, settings=settings, **init)
+        callback = make_callback()
+        _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
     except Exception as e:
         warnings.warn(f"SwanLab could not start ({type(e).__name__}: {e}); training goes on without it.", stacklevel=1)
         return Run()
-    return Run(swanlab, SwanLabCallback())
+    return Run(swanlab, callback)

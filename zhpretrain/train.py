@@ -261,3 +261,15 @@ def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, 
         bytes_per_token=bytes_per_token,
         tokens_per_step=tokens_per_step,
     )
+
+
+def tidy_final(folder: Path) -> None:
+    """final/ holds what a user loads: drop the Trainer's pickled training_args.bin (loading it means unpickling, and
+    the arguments are in the SwanLab config anyway), and give files the permissions of any file the user creates
+    (safetensors writes its file 0600)."""
+    (folder / "training_args.bin").unlink(missing_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
