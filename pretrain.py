@@ -14,7 +14,7 @@ from pathlib import Path
 
 from zhpretrain.errors import UserError, report
 
-DOMINANT_SHARE = 0.25  # one evaluation document above this share of the evaluation text is reported
+DOMINANT_SHARE = 0.5  # one evaluation document above this share of the evaluation text is reported
 
 
 def check_eval_split(test: dict, block_size: int) -> None:
@@ -291,7 +291,7 @@ def main(argv=None, stop=None) -> int:
 
 
 def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop, given: dict) -> int:
-    from zhpretrain import card, rundir, stream, tracking, train
+    from zhpretrain import card, console, rundir, stream, tracking, train
 
     main_process = training_args.process_index == 0
     checkpoint, source, run_identity = resume_point(output_dir, data_args, model_args, run_args, training_args, main_process)
