@@ -28,8 +28,8 @@ def test_demo_writes_a_final_model_that_loads_and_generates(demo_run):
 
     final = tmp / "out" / "final"
     assert (final / "model.safetensors").is_file() and not list(final.glob("pytorch_model*"))
-    # What a user loads, readable by others like any file they create; no pickle (training_args.bin) to unpickle.
-    assert sorted(p.name for p in final.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+    # What a user loads and its model card, readable by others like any file they create; no pickle (training_args.bin).
+    assert sorted(p.name for p in final.iterdir()) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                                                        "tokenizer.json", "tokenizer_config.json"]
     umask = os.umask(0)
     os.umask(umask)
