@@ -31,7 +31,8 @@ def test_a_resumed_run_continues_the_same_swanlab_run_and_curve(tmp_path, mode):
     before = swanlab_log.scalars(old)
     assert [s for s, _ in before["train/loss"]] == [5, 10]
 
-    second = run_pretrain(*common, "--max_steps", 20, cwd=tmp_path)
+    # Training on to step 20 changes max_steps, which the run's identity guards: allowed explicitly.
+    second = run_pretrain(*common, "--max_steps", 20, "--allow_resume_changes", "true", cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming from" in second.stdout
     assert (tmp_path / "out" / "swanlab_id").read_text() == run_id
