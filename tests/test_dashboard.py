@@ -8,6 +8,7 @@ from tiny_run import tiny_run
 from zhpretrain import dashboard
 
 
+@pytest.mark.slow
 def test_the_dashboard_chart_page_shows_the_runs_loss_points(tmp_path_factory, tmp_path):
     if dashboard.browser() is None:
         message = "no Chromium: apt-get install chromium fonts-noto-cjk"

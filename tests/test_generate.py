@@ -49,6 +49,7 @@ def test_greedy_output_is_the_argmax_continuation_of_eos_plus_prompt(final):
     assert proc.stdout == "长江是" + tok.decode(new, skip_special_tokens=True) + "\n"
 
 
+@pytest.mark.slow
 def test_tokens_are_streamed_as_they_are_generated(final):
     from transformers import TextStreamer
 
@@ -67,6 +68,7 @@ def test_tokens_are_streamed_as_they_are_generated(final):
     assert "数学是" + "".join(pieces) == text
 
 
+@pytest.mark.slow
 def test_interactive_reads_one_prompt_per_line_until_eof(final):
     proc = generate(final, "--max_new_tokens", 6, "--seed", 0, stdin="陕西省是\n\n长江是\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -74,6 +76,7 @@ def test_interactive_reads_one_prompt_per_line_until_eof(final):
     assert len(lines) == 2 and lines[0].startswith("陕西省是") and lines[1].startswith("长江是"), proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_interactive_mode_leaves_without_a_traceback(final):
     proc = subprocess.Popen([sys.executable, "-m", "zhpretrain.generate", str(final), "--max_new_tokens", "4"], cwd=REPO,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -203,6 +203,7 @@ def continued(tmp_path_factory):
     return tmp, snapshot, first.stdout, second.stdout, card
 
 
+@pytest.mark.slow
 def test_a_failed_upload_after_training_exits_3_with_final_saved(continued):
     tmp, _, out, _, card = continued
     final = tmp / "out" / "final"
@@ -211,6 +212,7 @@ def test_a_failed_upload_after_training_exits_3_with_final_saved(continued):
     assert (final / "model.safetensors").is_file() and card.startswith("---")
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_source_weights_and_tokenizer(continued):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -234,6 +236,7 @@ def test_init_from_starts_from_the_source_weights_and_tokenizer(continued):
     assert step0 == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_resuming_an_init_from_run_continues_from_its_own_checkpoint(continued):
     from safetensors.torch import load_file
 
@@ -249,6 +252,7 @@ def test_resuming_an_init_from_run_continues_from_its_own_checkpoint(continued):
     assert all(final[k].equal(two[k]) for k in two)
 
 
+@pytest.mark.slow
 def test_the_model_card_states_what_the_run_did(continued):
     tmp, _, _, _, card = continued
     from transformers import AutoModelForCausalLM
