@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import pretrain
 from conftest import DEMO, REPO, run_pretrain, write_jsonl
-from test_resilience import finish, start, training_started, wait_for
+from test_resilience import finish, start, training_started
 from zhpretrain import blocks, cache, data, model, rundir, tokenizer
 from zhpretrain.config import ModelArguments
 from zhpretrain.errors import UserError

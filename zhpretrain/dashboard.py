@@ -18,7 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError, report
+from .errors import UserError, cli
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # No first-run UI, no update checks or sync, no GPU: a bare browser that talks only to 127.0.0.1.
@@ -143,7 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(report(e))
+    cli(main)

@@ -10,3 +10,14 @@ def report(error: BaseException) -> int:
     """Print a user-facing error as one paragraph on stderr and return the exit code."""
     print("\nerror: " + " ".join(str(error).split()) + "\n", file=sys.stderr, flush=True)
     return 2
+
+
+def cli(main) -> None:
+    """Run a command's main(): a UserError is one paragraph and exit code 2, a Ctrl-C exit code 130, never a traceback."""
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(report(e))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        sys.exit(130)

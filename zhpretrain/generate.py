@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError, report
+from .errors import UserError, cli
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -141,10 +141,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(report(e))
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        sys.exit(130)
+    cli(main)

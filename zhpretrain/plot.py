@@ -10,11 +10,10 @@ import argparse
 import json
 import math
 import re
-import sys
 import warnings
 from pathlib import Path
 
-from .errors import UserError, report
+from .errors import UserError, cli
 
 SENTENCE = "陕西省是中国西北部的一个省，省会是西安。"
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
@@ -269,7 +268,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(report(e))
+    cli(main)

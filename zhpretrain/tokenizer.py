@@ -1,6 +1,5 @@
 """Load a tokenizer (a local folder, a hub id, or Qwen2's rebuilt offline), or train a byte-level BPE on the training split and cache it."""
 import multiprocessing
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
