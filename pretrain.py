@@ -291,7 +291,7 @@ def main(argv=None, stop=None) -> int:
 
 
 def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop, given: dict) -> int:
-    from zhpretrain import card, console, rundir, stream, tracking, train
+    from zhpretrain import blocks, card, console, rundir, stream, tracking, train
 
     main_process = training_args.process_index == 0
     checkpoint, source, run_identity = resume_point(output_dir, data_args, model_args, run_args, training_args, main_process)
@@ -322,7 +322,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
     callbacks = [stop, guard, shape, samples, train.Manifest()] + ([run.callback] if run.callback else [])
     if data_args.streaming:
         callbacks.append(train.StreamPosition(datasets["train"], training_args.process_index))
-    bytes_per_token = stats["test"]["bytes"] / max(stats["test"]["tokens"], 1)
+    bytes_per_token = blocks.label_bytes_per_token(datasets["test"], tok)  # exactly the tokens evaluated
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
     guard.trainer = trainer
     console.attach(trainer, output_dir, main_process)

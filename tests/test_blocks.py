@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import torch
 
 from zhpretrain import blocks, cache, tokenizer
 
@@ -71,3 +72,22 @@ def test_the_largest_document_of_each_split_is_counted(tmp_path):
     cache.write(tmp_path / "b", lambda tmp: blocks.write(tmp, iter(docs), tok(), 8, {"train": 0, "test": 0}))
     stats = blocks.load(tmp_path / "b")["stats"]
     assert stats["test"]["largest_document_bytes"] == 3000 and stats["train"]["largest_document_bytes"] == 50
+
+
+def test_bits_per_byte_counts_the_bytes_of_exactly_the_evaluated_labels():
+    t = tok()
+    docs = ["abc陕西省是中国的一个省。", "xyz长江是中国最长的河流。", "数学是"]
+    flat = blocks.encode(t, docs)
+    block = [{"input_ids": torch.from_numpy(flat), "labels": torch.from_numpy(flat)}]  # one block holding the three documents
+    # Independently: the text's bytes, less the first token's ("a", predicted by nothing); the EOS tokens are no text.
+    assert t.convert_ids_to_tokens(int(flat[0])) in ("a", "ab", "abc")
+    first = len(t.convert_ids_to_tokens(int(flat[0])))
+    expected = (sum(len(d.encode()) for d in docs) - first) / (len(flat) - 1)
+    assert blocks.label_bytes_per_token(block, t) == expected
+    # Cut after the first EOS: the second block starts with the second document's first token, which nothing predicts.
+    cut = int(np.flatnonzero(flat == t.eos_token_id)[0]) + 1
+    parts = [{"labels": torch.from_numpy(flat[:cut])}, {"labels": torch.from_numpy(flat[cut:])}]
+    second_first = t.decode([int(flat[cut])])
+    assert "\ufffd" not in second_first and docs[1].startswith(second_first)
+    lost = first + len(second_first.encode())
+    assert blocks.label_bytes_per_token(parts, t) == (sum(len(d.encode()) for d in docs) - lost) / (len(flat) - 2)
