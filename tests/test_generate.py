@@ -78,7 +78,9 @@ def test_interactive_reads_one_prompt_per_line_until_eof(final):
 
 @pytest.mark.slow
 def test_ctrl_c_in_interactive_mode_leaves_without_a_traceback(final):
+    # SIGINT back to its default in the child: a shell starts background jobs (a CI runner's, say) with it ignored.
     proc = subprocess.Popen([sys.executable, "-m", "zhpretrain.generate", str(final), "--max_new_tokens", "4"], cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write("陕西省是\n")
     proc.stdin.flush()

@@ -1,5 +1,6 @@
 """Load a tokenizer (a local folder, a hub id, or Qwen2's rebuilt offline), or train a byte-level BPE on the training split and cache it."""
 import multiprocessing
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +129,14 @@ def train_and_save(data_args, model_args, folder: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_train_child, args=(data_args, model_args, folder, send), daemon=True)
-    child.start()
+    # Signals wait while the child starts: a Ctrl-C in the middle of handing it its arguments would leave it to die
+    # with a traceback. The child keeps them blocked (the mask is inherited): a terminal's Ctrl-C reaches the whole
+    # process group, and only this process should answer it, by killing the child.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        child.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         while child.is_alive():
             child.join(0.2)
