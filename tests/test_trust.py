@@ -305,6 +305,20 @@ def test_data_directory_rule_skips_what_is_not_data_and_reads_compressed_files(t
     assert texts == [r["text"] for r in records] * 3 + ["第一段。", "第二段。"]
 
 
+def test_the_rule_looks_only_below_the_folder_given_and_a_named_file_is_read(tmp_path):
+    # Hub snapshots live under ~/.cache: a hidden folder *above* what the user points at must not hide the data.
+    hidden_home = tmp_path / ".cache" / "hub"
+    for name in ("a/x.jsonl", "b/x.jsonl", "b/.partial/x.jsonl"):
+        (hidden_home / name).parent.mkdir(parents=True, exist_ok=True)
+        (hidden_home / name).write_text('{"text": "文"}\n')
+    assert data.find_files(str(hidden_home / "*" / "x.jsonl")) == [str(hidden_home / "a/x.jsonl"), str(hidden_home / "b/x.jsonl")]
+    paths, skipped = data.data_files(str(hidden_home))  # hidden folders *below* it are still skipped
+    assert paths == [str(hidden_home / "a/x.jsonl"), str(hidden_home / "b/x.jsonl")] and skipped == [str(hidden_home / "b/.partial/x.jsonl")]
+    named = hidden_home / ".only.jsonl"
+    named.write_text('{"text": "文"}\n')
+    assert data.find_files(str(named)) == [str(named)]
+
+
 def test_a_zstd_file_without_zstandard_is_refused_by_name(tmp_path):
     import importlib.util
 

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import lzma
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,20 +56,23 @@ def data_files(spec: str, what: str = "train_file") -> tuple[list[str], list[str
         found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         if not found:
             raise UserError(f"{what} '{spec}' matches no file. Check the pattern (quote it so the shell does not expand it).")
-        top = Path(glob.escape(spec.split("*")[0].split("?")[0].split("[")[0]) or ".").parent
+        fixed = re.split(r"[*?[]", spec, maxsplit=1)[0]  # the part before the first wildcard: its folder is the top
+        top = Path(fixed[:fixed.rfind(os.sep) + 1] or ".")
     elif os.path.isdir(spec):
         found, top = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file()), Path(spec)
     elif os.path.isfile(spec):
         if not _plain_name(spec.lower()).endswith(SUFFIXES):
             raise UserError(f"{what}: cannot read '{spec}': data files must end in {', '.join(SUFFIXES)} "
                             f"(optionally compressed: {', '.join(COMPRESSED)}).")
-        found, top = [spec], Path(spec).parent
+        _check_readable(spec)
+        return [spec], []  # a file named on purpose is read, hidden or not
     else:
         raise UserError(f"{what} '{spec}' does not exist. Give a file, a directory or a glob of {', '.join(SUFFIXES)} files.")
     paths = [p for p in found if _is_data(Path(p), top)]
     if not paths:
-        raise UserError(f"{what} '{spec}' is a directory with no data files in it ({', '.join(SUFFIXES)}, optionally "
-                        f"compressed); skipped: {', '.join(found[:5]) or 'nothing'}.")
+        kind = "is a directory with no data files in it" if os.path.isdir(spec) else "matches no data files"
+        raise UserError(f"{what} '{spec}' {kind} ({', '.join(SUFFIXES)}, optionally compressed); skipped: "
+                        f"{', '.join(found[:5]) or 'nothing'}.")
     for p in paths:
         _check_readable(p)
     return paths, [p for p in found if p not in set(paths)]
