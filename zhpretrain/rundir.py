@@ -99,10 +99,15 @@ def read_identity(output_dir: Path) -> dict | None:
         return None
 
 
+def _write_json(path: Path, value) -> None:
+    """Write a whole file or nothing: a run killed mid-write leaves the old file, never a cut one."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
 def write_identity(output_dir: Path, identity: dict) -> None:
-    tmp = output_dir / f".{IDENTITY}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(identity, indent=1, ensure_ascii=False))
-    os.replace(tmp, output_dir / IDENTITY)
+    _write_json(output_dir / IDENTITY, identity)
 
 
 def _data_view(source: dict) -> dict:
@@ -237,9 +242,7 @@ def write_manifest(checkpoint: Path) -> None:
     """Sizes and digests of the checkpoint's state, weights, optimizer and scheduler, so later damage is noticed."""
     files = [p for p in checkpoint.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt")
                                                                  or p.name == "trainer_state.json")]
-    tmp = checkpoint / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(cache.manifest(files, checkpoint), indent=1))
-    os.replace(tmp, checkpoint / MANIFEST)
+    _write_json(checkpoint / MANIFEST, cache.manifest(files, checkpoint))
 
 
 # ---- space
