@@ -2,6 +2,7 @@
 argument objects, and the `slow` marker."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,13 @@ def run_pretrain(*args, cwd=REPO, timeout=600, env=None):
     """Run pretrain.py as a user would; return the CompletedProcess (stdout and stderr merged)."""
     return subprocess.run([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def failure(out: str) -> str:
+    """What a failed run printed, for an assertion message: every rank's `error:` paragraph first (a launcher's
+    teardown traceback can bury it), then the tail."""
+    errors = [line for line in out.splitlines() if re.match(r"(\[rank\d+\]:\s*)?error: ", line)]
+    return "\n".join(errors[:10]) + "\n...\n" + out[-3000:]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import swanlab_log
-from conftest import REPO, run_pretrain
+from conftest import REPO, failure, run_pretrain
 
 pytestmark = pytest.mark.slow  # two-process launches: minutes on two cores; `make test-all` and CI run them
 
@@ -33,10 +33,10 @@ def runs(tmp_path_factory):
     cache = ["--cache_dir", tmp / "cache"]
     one = run_pretrain(*COMMON, *cache, "--per_device_train_batch_size", 8, "--output_dir", tmp / "one",
                        "--swanlab_mode", "disabled", cwd=tmp)
-    assert one.returncode == 0, one.stdout[-3000:]
+    assert one.returncode == 0, failure(one.stdout)
     two = launch(REPO / "pretrain.py", *COMMON, *cache, "--per_device_train_batch_size", 4, "--output_dir", tmp / "two",
                  "--swanlab_mode", "offline", "--swanlab_log_dir", tmp / "swanlog", cwd=tmp)
-    assert two.returncode == 0, two.stdout[-3000:]
+    assert two.returncode == 0, failure(two.stdout)
     return tmp, two.stdout
 
 
@@ -66,7 +66,7 @@ def test_ranks_train_on_disjoint_blocks(runs, tmp_path):
            str(tmp_path), *map(str, COMMON), "--cache_dir", str(tmp / "cache"), "--per_device_train_batch_size", 4,
            "--output_dir", tmp_path / "out"]
     proc = subprocess.run(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.returncode == 0, failure(proc.stdout)
     assert "waiting for the main process" not in proc.stdout  # the cache existed: nobody tokenized again
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == len(rank1) == 24
@@ -76,7 +76,7 @@ def test_ranks_train_on_disjoint_blocks(runs, tmp_path):
 def test_two_process_streaming_run_saves_each_ranks_position(tmp_path):
     proc = launch(REPO / "pretrain.py", *COMMON, "--streaming", "true", "--per_device_train_batch_size", 4, "--save_steps", 4,
                   "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.returncode == 0, failure(proc.stdout)
     assert "train: streamed from the files" in proc.stdout and (tmp_path / "out" / "final" / "model.safetensors").is_file()
     positions = [json.loads((tmp_path / "out" / "checkpoint-8" / f"stream_rank{r}.json").read_text()) for r in (0, 1)]
     assert [p["blocks"] for p in positions] == [32, 32]  # 8 steps x 4 blocks on each rank
