@@ -110,11 +110,15 @@ def setup(training_args, data_args, run_args):
     from zhpretrain import rundir
 
     output_dir = Path(training_args.output_dir)
-    rundir.check_folder(output_dir, run_args.allow_existing_output_dir)
     training_args.ddp_find_unused_parameters = False
     training_args.dataloader_pin_memory &= torch.cuda.is_available()
     training_args.report_to = [r for r in training_args.report_to if r != "swanlab"]  # we add SwanLab's callback ourselves
-    training_args.device  # noqa: B018  (reading it initialises the process group)
+    training_args.device  # noqa: B018  (reading it initialises the process group, if parsing has not already)
+    rundir.check_folder(output_dir, run_args.allow_existing_output_dir)
+    if torch.distributed.is_initialized():
+        # Every rank looks at output_dir before any rank writes its probe or the lock into it: otherwise a fast rank's
+        # probe file makes a slow rank see a foreign, non-empty folder and refuse it.
+        torch.distributed.barrier()
     writable(output_dir, "output_dir")
     writable(data_args.cache_root(), "cache_dir")
     lock = rundir.Lock(output_dir)

@@ -113,3 +113,26 @@ def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
     assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
     assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == [checkpoint.name]  # one step, agreed by both
+
+
+def test_no_rank_writes_into_output_dir_before_every_rank_has_checked_it(tmp_path):
+    # Rank 0 is slow to look at output_dir; rank 1 writes into it as soon as setup returns. Without the barrier in
+    # setup, rank 0 found rank 1's file and refused the folder as foreign (a CI failure, one run in several).
+    script = tmp_path / "setup_race.py"
+    script.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+import pretrain
+from zhpretrain import config, rundir
+_, data_args, model_args, run_args, training_args = config.parse_args(sys.argv[1:])
+check = rundir.check_folder
+rundir.check_folder = lambda *a: (time.sleep(3 if training_args.process_index == 0 else 0), check(*a))
+_, lock = pretrain.setup(training_args, data_args, run_args)
+(pretrain.Path(training_args.output_dir) / f"written-by-rank{{training_args.process_index}}").touch()
+lock.release()
+""")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, "--output_dir", tmp_path / "out",
+           "--cache_dir", tmp_path / "cache", "--max_steps", 1]
+    proc = subprocess.run(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, failure(proc.stdout)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["written-by-rank0", "written-by-rank1", "zhpretrain.lock"]
