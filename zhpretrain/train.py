@@ -1,4 +1,5 @@
 """Assemble the Trainer: arguments, collator, metrics (perplexity, bits per byte, throughput), callbacks, checkpoints."""
+import contextlib
 import json
 import math
 import os
@@ -18,10 +19,13 @@ from .generate import continue_prompt
 class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
 
-    def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, **kwargs):
+    def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, flops_per_token: float = 0.0,
+                 peak_flops: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
-        self._clock = None  # (time, global_step) of the last training log
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # peak: all devices together
+        self.clock = TrainingClock()
+        self._last_log = None  # (training seconds, global_step) at the last training log
         self.nonfinite_losses = None  # a device tensor: non-finite micro-batch losses since the start
 
     def get_train_dataloader(self):
@@ -35,6 +39,9 @@ class PretrainTrainer(Trainer):
                                            collate_fn=self.data_collator, num_workers=0)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.clock.begun is None:
+            self.clock.start()
+            self._last_log = (0.0, self.state.global_step)  # a resumed run's rate is its own
         loss = super().training_step(model, inputs, num_items_in_batch)
         # Counted on the device and read only at logging and saving steps (Guard): reading it here would make the host
         # wait for the device every micro-step. The Trainer would quietly replace a NaN loss in its logs by the running mean.
@@ -44,12 +51,17 @@ class PretrainTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         try:
-            super()._save_checkpoint(model, trial)
+            with self.clock.paused("saving"):
+                super()._save_checkpoint(model, trial)
         except Exception as e:  # see rundir.save_error: torch reports a full disk as a RuntimeError
             raise rundir.save_error(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}", e) from None
 
+    def evaluate(self, *args, **kwargs):
+        with self.clock.paused("evaluation"):  # the sample callbacks run inside it too
+            return super().evaluate(*args, **kwargs)
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        now, step = time.perf_counter(), self.state.global_step
+        step = self.state.global_step
         if "eval_loss" in logs:
             loss = logs["eval_loss"]
             logs["eval_perplexity"] = math.exp(min(loss, 50))
@@ -57,11 +69,41 @@ class PretrainTrainer(Trainer):
             logs["eval_bits_per_byte"] = loss / math.log(2) / self.bytes_per_token
         elif "loss" in logs:
             logs["tokens_seen"] = step * self.tokens_per_step
-            if self._clock is not None and step > self._clock[1]:
-                logs["tokens_per_second"] = (step - self._clock[1]) * self.tokens_per_step / (now - self._clock[0])
+            seconds = self.clock.training_seconds()
+            if self._last_log is not None and step > self._last_log[1] and seconds > self._last_log[0]:
+                rate = (step - self._last_log[1]) * self.tokens_per_step / (seconds - self._last_log[0])
+                logs["tokens_per_second"] = rate
+                if self.peak_flops:
+                    logs["mfu"] = self.flops_per_token * rate / self.peak_flops
+            self._last_log = (seconds, step)
         super().log(logs, start_time)
-        # Restart the clock after every log, so evaluation time does not count as training time.
-        self._clock = (time.perf_counter(), step)
+
+
+class TrainingClock:
+    """Seconds spent training: from the first training step on, less the time spent evaluating (sample generation
+    included) and saving, which is counted apart. Throughput and the wall-clock budget use it, so neither an evaluation
+    nor a slow disk makes training look slower or eats the budget."""
+
+    def __init__(self):
+        self.begun, self.spent = None, {"evaluation": 0.0, "saving": 0.0}
+
+    def start(self) -> None:
+        if self.begun is None:
+            self.begun = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        if self.begun is None:
+            return 0.0
+        return time.perf_counter() - self.begun - sum(self.spent.values())
+
+    @contextlib.contextmanager
+    def paused(self, what: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.begun is not None:  # before training starts (eval_on_start) nothing is running to pause
+                self.spent[what] += time.perf_counter() - start
 
 
 class SampleCallback(TrainerCallback):
@@ -249,7 +291,8 @@ def sharded(args) -> bool:
     return bool(args.fsdp or args.deepspeed or env)
 
 
-def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int):
+def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int,
+                  flops_per_token: float = 0.0, peak_flops: float | None = None):
     return PretrainTrainer(
         model=model,
         args=training_args,
@@ -260,6 +303,8 @@ def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, 
         callbacks=callbacks,
         bytes_per_token=bytes_per_token,
         tokens_per_step=tokens_per_step,
+        flops_per_token=flops_per_token,
+        peak_flops=peak_flops,
     )
 
 
