@@ -211,6 +211,21 @@ def batch_shape(training_args, block_size: int, streaming: bool) -> dict:
             "block_size": block_size, "streaming": streaming}
 
 
+def hardware_use(model, block_size: int, training_args, peak_tflops: float | None, main_process: bool):
+    """(model FLOPs per token, the peak FLOP/s of all devices together, or None): what MFU is measured against."""
+    from zhpretrain import speed
+
+    device = training_args.device
+    precision = ("bf16" if training_args.bf16 else "fp16" if training_args.fp16 else
+                 "tf32" if device.type == "cuda" and training_args.tf32 else "fp32")
+    flops = speed.flops_per_token(model, block_size)
+    peak, source = speed.peak_flops(device, precision, peak_tflops)
+    if main_process:
+        print(f"speed: {flops / 1e6:,.1f} MFLOPs per token; peak " +
+              (f"{peak / 1e12:,.2f} TFLOPS per device ({source})" if peak else f"unknown ({source}): no MFU logged"), flush=True)
+    return flops, peak * training_args.world_size if peak else None
+
+
 def fit(trainer, stop, checkpoint: str | None, done: int | None, output_dir: Path) -> bool:
     """Train (resuming from checkpoint); False when a signal stopped the run after saving a checkpoint."""
     if done:
@@ -273,10 +288,13 @@ def publish(final: Path, hub_model_id: str | None, hub_token: str | None, models
 
 
 def main(argv=None, stop=None) -> int:
-    from zhpretrain import config, hub, train
+    from zhpretrain import config, hub, launch, train
 
     stop = stop or train.GracefulStop()
+    argv = list(sys.argv[1:] if argv is None else argv)
     preset, data_args, model_args, run_args, training_args = config.parse_args(argv)
+    if cmd := launch.command(run_args.nproc_per_node, argv):
+        launch.relaunch(cmd)  # does not return: this process becomes torchrun, which starts one process per GPU
     print(f"preset: {preset}", flush=True)
     # The Trainer's own push_to_hub would create the repo before training and push output_dir (checkpoints) at every
     # save; we publish final/ with its card once it is saved instead.
@@ -327,7 +345,9 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
     if data_args.streaming:
         callbacks.append(train.StreamPosition(datasets["train"], training_args.process_index))
     bytes_per_token = blocks.label_bytes_per_token(datasets["test"], tok)  # exactly the tokens evaluated
-    trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step)
+    flops, peak = hardware_use(model, data_args.block_size, training_args, run_args.peak_tflops, main_process)
+    trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step,
+                                  flops_per_token=flops, peak_flops=peak)
     guard.trainer = trainer
     console.attach(trainer, output_dir, main_process)
     try:
@@ -342,10 +362,13 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
 
 
 if __name__ == "__main__":
+    if os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")  # one console: rank 0 speaks for the launch; every rank's errors still show (stderr)
     if not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
         print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars under our progress bar
     from zhpretrain.train import GracefulStop
 
     handler = GracefulStop()

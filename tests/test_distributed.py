@@ -136,3 +136,18 @@ lock.release()
     proc = subprocess.run(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, failure(proc.stdout)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["written-by-rank0", "written-by-rank1", "zhpretrain.lock"]
+
+
+def test_plain_python_pretrain_starts_its_own_processes_and_counts_every_sequence(tmp_path):
+    # What `python pretrain.py` does on a machine with several GPUs, here with 2 gloo processes on the CPU.
+    proc = run_pretrain(*COMMON, "--nproc_per_node", 2, "--per_device_train_batch_size", 4, "--logging_steps", 2,
+                        "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled",
+                        cwd=tmp_path)
+    assert proc.returncode == 0, failure(proc.stdout)
+    assert "starting 2 processes" in proc.stdout
+    assert "4 per device x 1 accumulation x 2 processes = 8 sequences = 512 tokens per step" in proc.stdout
+    assert proc.stdout.count("model: qwen2") == 1  # one console: the other rank prints nothing but errors
+    history = json.loads((tmp_path / "out" / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+    logged = [h for h in history if "loss" in h]
+    assert [h["tokens_seen"] for h in logged] == [s * 2 * 4 * 64 for s in (2, 4, 6, 8)]
+    assert all(h["tokens_per_second"] > 0 and 0 < h["mfu"] < 1 for h in logged)

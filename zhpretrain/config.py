@@ -62,6 +62,8 @@ class RunArguments:
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
     allow_resume_changes: bool = field(default=False, metadata={"help": "Resume a checkpoint although the data or the training hyper-parameters changed since it was started (its tokenizer and model shape are kept)."})
     allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
+    nproc_per_node: str = field(default="auto", metadata={"help": "Processes on this node: auto = one per visible GPU (python pretrain.py re-launches itself under torchrun when there are several), or a number (on a CPU: gloo processes). Ignored under torchrun or accelerate launch."})
+    peak_tflops: float | None = field(default=None, metadata={"help": "Peak TFLOPS of one device for the MFU figure; default: the GPU datasheet table in zhpretrain/speed.py, or a measured matmul on CPU."})
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
 
 
@@ -112,6 +114,24 @@ def load_preset(path: Path, valid: set[str]) -> dict:
     return values
 
 
+def precision(bf16: bool, fp16: bool) -> tuple[bool, bool]:
+    """(bf16, fp16) this device really runs: bf16 only where the GPU has it natively (torch's is_bf16_supported() also
+    counts emulation, which is slower than fp32), fp16 with loss scaling on a GPU without it, fp32 on a CPU. Printed once."""
+    if not (bf16 or fp16):
+        return False, False
+    if not torch.cuda.is_available():
+        choice, why = (False, False), "no GPU: training in fp32"
+    elif bf16 and torch.cuda.is_bf16_supported(including_emulation=False):
+        return True, False
+    elif bf16:
+        choice, why = (False, True), f"{torch.cuda.get_device_name()} has no native bf16: training in fp16 with loss scaling"
+    else:
+        return False, True
+    if os.environ.get("RANK", "0") == "0":
+        print(f"precision: {why}", flush=True)
+    return choice
+
+
 def parse_args(argv: list[str] | None = None):
     """Return (data, model, run, training) arguments from an optional YAML preset plus command-line overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -144,9 +164,9 @@ def parse_args(argv: list[str] | None = None):
         raise UserError(f"Unknown option '{unknown}'.{hint} Run python pretrain.py --help for every option.")
     if note:
         print(note, flush=True)
-    if namespace.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        print("bf16 is not supported on this device: training in fp32.", flush=True)
-        namespace.bf16 = False
+    namespace.bf16, namespace.fp16 = precision(namespace.bf16, namespace.fp16)
+    if namespace.tf32 is None and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        namespace.tf32 = True  # Ampere and newer: fp32 matmuls (the parts autocast keeps in fp32) on tensor cores
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         namespace.use_cpu = True  # without it, TrainingArguments ignores torchrun's process group on a CPU-only machine
     try:

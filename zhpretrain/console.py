@@ -39,7 +39,8 @@ def format_log(logs: dict, step: int, max_steps: int, eta: float | None = None) 
             parts.append(f"mean loss {logs['train_loss']:.4f}")
         return " | ".join(parts)
     parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"]
-    known = {"loss": "loss {:.4f}", "learning_rate": "lr {:.2e}", "grad_norm": "grad {:.3g}", "tokens_per_second": "{:,.0f} tok/s"}
+    known = {"loss": "loss {:.4f}", "learning_rate": "lr {:.2e}", "grad_norm": "grad {:.3g}", "tokens_per_second": "{:,.0f} tok/s",
+             "mfu": "MFU {:.1%}"}
     parts += [fmt.format(logs[k]) for k, fmt in known.items() if isinstance(logs.get(k), (int, float))]
     skip = set(known) | {"epoch", "step", "tokens_seen", "total_flos"}
     parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k not in skip]
