@@ -256,6 +256,8 @@ def save_and_sample(trainer, output_dir: Path, run, prompt: str, max_new_tokens:
     metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h["step"] == step), None) \
         or trainer.evaluate()
     final = output_dir / "final"
+    if trainer.is_fsdp_enabled:  # checkpoints are each rank's shards (no gather); final/ is gathered once, for from_pretrained
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     try:
         trainer.save_model(str(final))
     except Exception as e:  # see rundir.save_error: torch reports a full disk as a RuntimeError
