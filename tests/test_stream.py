@@ -206,3 +206,43 @@ def test_the_history_needs_to_cover_only_what_the_consumer_took(tok, monkeypatch
     resumed.load_state_dict(state)
     assert taken[15:] == take(resumed, 5)
 
+
+EXIT_SCRIPT = """
+import pathlib, sys, threading, time
+from zhpretrain import stream, tokenizer
+from zhpretrain.config import DataArguments
+
+tok, calls, second = tokenizer.load(sys.argv[1]), pathlib.Path(sys.argv[2]), threading.Event()
+real = stream.encode
+
+def slow(tokenizer, texts):
+    n = int(calls.read_text() or 0) + 1 if calls.exists() else 1
+    second.set() if n == 2 else None
+    time.sleep(0.5)  # in the tokenizer (native code) when the interpreter starts to shut down
+    out = real(tokenizer, texts)
+    calls.write_text(str(n))
+    return out
+
+stream.encode = slow
+args = DataArguments(train_file=sys.argv[3], block_size=2048, validation_split_percentage=10, streaming=True)
+blocks = iter(stream.StreamingBlocks(args, tok))
+next(blocks)
+blocks.close()
+second.wait(10)
+"""
+
+
+def test_the_interpreter_waits_for_a_producer_busy_at_exit(tok, tmp_path):
+    # A daemon thread still in native code at shutdown is killed with pthread_exit when it takes the GIL back, which
+    # aborts the process inside the tokenizer or torch (exit status 134): the atexit hook stops the producer and waits.
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    tok.save_pretrained(tmp_path / "tok")
+    calls = tmp_path / "calls"
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path / "tok"), str(calls), str(DEMO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text() == "2"  # the call in progress at exit finished

@@ -1,4 +1,5 @@
 """Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position."""
+import atexit
 import json
 import queue
 import threading
@@ -20,6 +21,18 @@ HISTORY = 4096  # positions remembered, keyed by blocks yielded: enough for any 
 # not cover the queue, only what the DataLoader reads ahead of the Trainer's count.
 PREFETCH = 256
 POLL_S = 0.1  # how often a producer waiting on a full queue (or a consumer on an empty one) checks whether to stop
+_producers = {}  # running producer thread -> its stop event
+
+
+@atexit.register
+def _stop_producers() -> None:
+    # A daemon thread that takes the GIL back after interpreter shutdown began is ended with pthread_exit; unwinding it
+    # through the tokenizer's or torch's native frames aborts the process ("terminate called without an active
+    # exception", exit status 134, after a run that went well). So stop them and wait, bounded, before that point.
+    for stop in list(_producers.values()):
+        stop.set()
+    for thread in list(_producers):
+        thread.join(timeout=10)
 
 
 def _check(args) -> None:
@@ -82,6 +95,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self._stop = stop
         self._thread = threading.Thread(target=self._produce, args=(self._blocks(self.state), blocks, stop),
                                         name="zhpretrain-stream", daemon=True)  # never keeps the process alive at exit
+        _producers[self._thread] = stop
         self._thread.start()
         try:
             while True:
@@ -120,6 +134,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             put((None, error))
         finally:
             source.close()  # the files it reads
+            _producers.pop(threading.current_thread(), None)
 
     def _blocks(self, s: dict):
         """Yield (the position after the block, the block) from position s on, forever, synchronously."""
