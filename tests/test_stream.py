@@ -1,5 +1,7 @@
 """Streaming: blocks packed on the fly, sharded once across ranks, a fixed held-out set, and exact O(1) resume."""
 import itertools
+import math
+import time
 
 import pytest
 
@@ -23,6 +25,11 @@ def take(dataset, n):
     return [b["input_ids"].tolist() for b in itertools.islice(iter(dataset), n)]
 
 
+def plain(dataset, n):
+    """The first n (position, block) of the stream without the background thread: the generator run synchronously."""
+    return [(p, b["input_ids"].tolist()) for p, b in itertools.islice(dataset._blocks(dataset.state), n)]
+
+
 def test_ranks_read_disjoint_documents_and_never_the_held_out_ones(tok, monkeypatch):
     seen = {}
     real = stream.encode
@@ -34,6 +41,7 @@ def test_ranks_read_disjoint_documents_and_never_the_held_out_ones(tok, monkeypa
     for current in (0, 1):
         ds = stream.StreamingBlocks(args(), tok, rank=current, world=2)
         take(ds, 500)  # more than one epoch of the demo corpus: cycles
+        ds._thread.join(timeout=10)  # the producer reads ahead: let it stop before `current` changes
     current = "eval"
     stream.eval_blocks(args(), tok, 10**6)
     ranks = [set(seen[0]), set(seen[1])]
@@ -46,9 +54,15 @@ def test_ranks_read_disjoint_documents_and_never_the_held_out_ones(tok, monkeypa
 def test_resume_from_a_saved_position_continues_exactly(tok, at):
     straight = take(stream.StreamingBlocks(args(), tok), at + 40)
     first = stream.StreamingBlocks(args(), tok)
-    before = take(first, at + 5)  # the loader may read ahead of what the Trainer used
+    blocks = iter(first)
+    # The loader reads ahead of what the Trainer used, and the producer thread further still (up to PREFETCH more),
+    # still running while the position is asked for.
+    before = [next(blocks)["input_ids"].tolist() for _ in range(at + 300)]
+    state = first.state_dict(at)
+    assert first._thread.is_alive()
+    blocks.close()
     resumed = stream.StreamingBlocks(args(), tok)
-    resumed.load_state_dict(first.state_dict(at))
+    resumed.load_state_dict(state)
     assert before[:at] + take(resumed, 40) == straight
 
 
@@ -80,3 +94,155 @@ def test_resume_after_the_last_block_of_a_one_batch_epoch(tok, tmp_path):
     resumed = stream.StreamingBlocks(a, tok)
     resumed.load_state_dict(first.state_dict(per_epoch))
     assert take(resumed, 3) == take(stream.StreamingBlocks(a, tok), per_epoch + 3)[per_epoch:]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_prefetched_stream_is_the_plain_generator_block_for_block(tok, rank):
+    a = args(block_size=128)
+    ds = stream.StreamingBlocks(a, tok, rank=rank, world=2)
+    expected = plain(stream.StreamingBlocks(a, tok, rank=rank, world=2), 800)
+    assert expected[-1][0]["epoch"] >= 1  # past the end of the corpus and round again
+    assert take(ds, 800) == [b for _, b in expected]
+    assert [ds.history[n] for n in range(1, 801)] == [p for p, _ in expected]  # every position, recorded by the consumer
+
+
+def test_an_error_in_the_producer_reaches_the_consumer_unchanged_where_it_happened(tok, tmp_path):
+    from conftest import write_jsonl
+
+    # No block's worth of text on this rank: the error is raised before any block.
+    few = args(train_file=str(write_jsonl(tmp_path / "few.jsonl", [{"text": "短文。"} for _ in range(5)])), block_size=512)
+    with pytest.raises(UserError) as synchronous:
+        plain(stream.StreamingBlocks(few, tok), 1)
+    with pytest.raises(UserError) as threaded:
+        take(stream.StreamingBlocks(few, tok), 1)
+    assert "found no training text" in str(threaded.value) and str(threaded.value) == str(synchronous.value)
+
+    # A bad record after some good ones: every block before it arrives first, then data.read_texts's error.
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "陕西省是中国的一个省。" * 8} for _ in range(150)])
+    bad.write_text(bad.read_text(encoding="utf-8") + "[1]\n", encoding="utf-8")
+    received, ds = [], stream.StreamingBlocks(args(train_file=str(bad)), tok)
+    with pytest.raises(UserError, match=r"bad.jsonl: line 151: expected a JSON object") as threaded:
+        for block in ds:
+            received.append(block["input_ids"].tolist())
+    expected, same = [], stream.StreamingBlocks(args(train_file=str(bad)), tok)
+    with pytest.raises(UserError) as synchronous:
+        for _, block in same._blocks(same.state):
+            expected.append(block["input_ids"].tolist())
+    assert type(threaded.value) is type(synchronous.value) and str(threaded.value) == str(synchronous.value)
+    assert received and received == expected  # two tokenizer batches' blocks, then the error
+    ds._thread.join(timeout=5)
+    assert not ds._thread.is_alive()
+
+def test_the_producer_thread_stops_when_the_iteration_ends(tok):
+    ds = stream.StreamingBlocks(args(), tok)
+    blocks = iter(ds)
+    next(blocks)
+    thread = ds._thread
+    assert thread.is_alive() and thread.daemon  # a daemon: it never keeps the process alive at exit
+    blocks.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+    blocks = iter(ds)  # dropped without close(): garbage-collected
+    next(blocks)
+    thread = ds._thread
+    del blocks
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+    old = iter(ds)  # a new iteration (say after load_state_dict) stops the old one's producer
+    next(old)
+    thread = ds._thread
+    new = iter(ds)
+    next(new)
+    thread.join(timeout=5)
+    assert not thread.is_alive() and ds._thread.is_alive()
+    with pytest.raises(RuntimeError, match="replaced by a newer iter"):
+        next(old)
+    new.close()
+    ds._thread.join(timeout=5)
+    assert not ds._thread.is_alive()
+
+
+def test_tokenizing_overlaps_the_consumer(tok, monkeypatch):
+    # Both sides sleep COST per step; time.sleep releases the GIL as the Rust tokenizer does. Run one after the other
+    # they would take COST x (tokenizer calls + consumer steps); overlapped, about half of that.
+    COST, N = 0.05, 900
+    monkeypatch.setattr(stream, "BATCH_DOCS", 8)  # more, smaller tokenizer calls
+    a, calls, real = args(block_size=128), [], stream.encode
+
+    def counted(tokenizer, texts):
+        calls.append(len(texts))
+        return real(tokenizer, texts)
+    monkeypatch.setattr(stream, "encode", counted)
+    plain(stream.StreamingBlocks(a, tok), N)
+    serial_calls = len(calls)  # the tokenizer calls the synchronous stream makes for N blocks
+    per = math.ceil(N / serial_calls)  # blocks per consumer step: as many steps as tokenizer calls
+    serial = COST * (serial_calls + N // per)
+    assert serial_calls >= 10
+
+    def slow(tokenizer, texts):
+        time.sleep(COST)
+        return real(tokenizer, texts)
+    monkeypatch.setattr(stream, "encode", slow)
+    start = time.perf_counter()
+    for n, _ in enumerate(itertools.islice(iter(stream.StreamingBlocks(a, tok)), N), 1):
+        if n % per == 0:
+            time.sleep(COST)  # the training step
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.75 * serial, f"{elapsed:.2f} s for a serial {serial:.2f} s"
+
+
+def test_the_history_needs_to_cover_only_what_the_consumer_took(tok, monkeypatch):
+    # Positions are recorded when a block leaves the queue, not when the producer makes it: a short history still
+    # knows the Trainer's position while the producer runs up to PREFETCH blocks ahead.
+    monkeypatch.setattr(stream, "HISTORY", 8)
+    ds = stream.StreamingBlocks(args(), tok)
+    blocks = iter(ds)
+    taken = [next(blocks)["input_ids"].tolist() for _ in range(20)]
+    state = ds.state_dict(15)
+    blocks.close()
+    resumed = stream.StreamingBlocks(args(), tok)
+    resumed.load_state_dict(state)
+    assert taken[15:] == take(resumed, 5)
+
+
+EXIT_SCRIPT = """
+import pathlib, sys, threading, time
+from zhpretrain import stream, tokenizer
+from zhpretrain.config import DataArguments
+
+tok, calls, second = tokenizer.load(sys.argv[1]), pathlib.Path(sys.argv[2]), threading.Event()
+real = stream.encode
+
+def slow(tokenizer, texts):
+    n = int(calls.read_text() or 0) + 1 if calls.exists() else 1
+    second.set() if n == 2 else None
+    time.sleep(0.5)  # in the tokenizer (native code) when the interpreter starts to shut down
+    out = real(tokenizer, texts)
+    calls.write_text(str(n))
+    return out
+
+stream.encode = slow
+args = DataArguments(train_file=sys.argv[3], block_size=2048, validation_split_percentage=10, streaming=True)
+blocks = iter(stream.StreamingBlocks(args, tok))
+next(blocks)
+blocks.close()
+second.wait(10)
+"""
+
+
+def test_the_interpreter_waits_for_a_producer_busy_at_exit(tok, tmp_path):
+    # A daemon thread still in native code at shutdown is killed with pthread_exit when it takes the GIL back, which
+    # aborts the process inside the tokenizer or torch (exit status 134): the atexit hook stops the producer and waits.
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    tok.save_pretrained(tmp_path / "tok")
+    calls = tmp_path / "calls"
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path / "tok"), str(calls), str(DEMO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text() == "2"  # the call in progress at exit finished

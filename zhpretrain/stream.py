@@ -1,5 +1,8 @@
 """Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position."""
+import atexit
 import json
+import queue
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,6 +15,24 @@ from .errors import UserError
 
 BATCH_DOCS = 64  # documents per tokenizer call; a resume re-tokenizes at most one such batch
 HISTORY = 4096  # positions remembered, keyed by blocks yielded: enough for any batch the Trainer has not yet consumed
+# Blocks a background thread packs ahead of the training loop. Each holds block_size int64 tokens (input_ids and labels
+# share one tensor): 256 blocks are 1 MiB at block_size 512, 4 MiB at 2048, plus one tokenizer batch in the making.
+# The positions travel with the blocks and are recorded only once the training loop takes a block, so HISTORY need
+# not cover the queue, only what the DataLoader reads ahead of the Trainer's count.
+PREFETCH = 256
+POLL_S = 0.1  # how often a producer waiting on a full queue (or a consumer on an empty one) checks whether to stop
+_producers = {}  # running producer thread -> its stop event
+
+
+@atexit.register
+def _stop_producers() -> None:
+    # A daemon thread that takes the GIL back after interpreter shutdown began is ended with pthread_exit; unwinding it
+    # through the tokenizer's or torch's native frames aborts the process ("terminate called without an active
+    # exception", exit status 134, after a run that went well). So stop them and wait, bounded, before that point.
+    for stop in list(_producers.values()):
+        stop.set()
+    for thread in list(_producers):
+        thread.join(timeout=10)
 
 
 def _check(args) -> None:
@@ -34,6 +55,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self.split = data.Split(args.split_seed, args.validation_split_percentage)
         self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "carry": [], "skip": 0}
         self.history = OrderedDict()
+        self._stop = self._thread = None  # the running iteration's producer thread and the event that stops it
 
     def load_state_dict(self, state: dict) -> None:
         self.state = dict(state)
@@ -63,7 +85,60 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             yield start, texts
 
     def __iter__(self):
-        size, s = self.args.block_size, self.state
+        """The blocks of _blocks(), made by a daemon thread up to PREFETCH blocks ahead: tokenizing overlaps the training
+        step, since the Rust tokenizer releases the GIL. A thread, not DataLoader workers, because the position must
+        live in this process. Each block comes with its position, recorded here on the consumer's side when the block is
+        handed out, so the history is exact however far the thread runs ahead and only this thread touches it."""
+        if self._stop is not None:
+            self._stop.set()  # one producer per dataset: a new iteration (e.g. after load_state_dict) ends the last one
+        stop, blocks = threading.Event(), queue.Queue(maxsize=PREFETCH)
+        self._stop = stop
+        self._thread = threading.Thread(target=self._produce, args=(self._blocks(self.state), blocks, stop),
+                                        name="zhpretrain-stream", daemon=True)  # never keeps the process alive at exit
+        _producers[self._thread] = stop
+        self._thread.start()
+        try:
+            while True:
+                if stop.is_set():  # two iterations would write one history: the newer one wins
+                    raise RuntimeError("this iteration of the stream was replaced by a newer iter() of the same dataset")
+                try:
+                    position, block = blocks.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if position is None:  # (None, error): the producer's error, unchanged, after the blocks before it
+                    raise block
+                self.history[position["blocks"]] = position
+                if len(self.history) > HISTORY:
+                    self.history.popitem(last=False)
+                yield block
+        finally:
+            stop.set()  # closed, collected or failed: the producer quits at its next put
+
+    @staticmethod
+    def _produce(source, blocks: queue.Queue, stop: threading.Event) -> None:
+        """Move (position, block) pairs from source into the queue until told to stop; an error goes in as (None, it)."""
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    blocks.put(item, timeout=POLL_S)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            for item in source:
+                if not put(item):
+                    return
+        except BaseException as error:  # noqa: BLE001 -- every error is the consumer's to raise
+            put((None, error))
+        finally:
+            source.close()  # the files it reads
+            _producers.pop(threading.current_thread(), None)
+
+    def _blocks(self, s: dict):
+        """Yield (the position after the block, the block) from position s on, forever, synchronously."""
+        size = self.args.block_size
         blocks, epoch, carry, skip = s["blocks"], s["epoch"], np.array(s["carry"], dtype=np.int64), s["skip"]
         position = (s["file"], s["offset"], s["ordinal"])
         while True:
@@ -74,11 +149,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 resume = {"epoch": epoch, "file": file, "offset": offset, "ordinal": ordinal, "carry": carry.tolist()}
                 for b in range(skip, len(tokens) // size):
                     blocks += 1
-                    self.history[blocks] = {**resume, "blocks": blocks, "skip": b + 1}
-                    if len(self.history) > HISTORY:
-                        self.history.popitem(last=False)
                     ids = torch.from_numpy(tokens[b * size:(b + 1) * size].copy())
-                    yield {"input_ids": ids, "labels": ids}
+                    yield {**resume, "blocks": blocks, "skip": b + 1}, {"input_ids": ids, "labels": ids}
                 carry, skip = tokens[len(tokens) // size * size:], 0
             if whole_epoch and not produced:
                 raise UserError(f"Rank {self.rank} of {self.world} found no training text for a single block of {size} tokens "

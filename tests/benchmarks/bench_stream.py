@@ -6,8 +6,12 @@ at most one batch) against replaying the stream up to that position, which is wh
 With --parse-cost it times parsing every record (each rank does that) against tokenizing them (ranks share that).
 With --full it streams the whole file once (one rank) and reports blocks and time; wrap it in /usr/bin/time -v for the
 peak memory of streaming a file of any size.
+With --step_ms MS it times a consumer that "trains" MS ms (a sleep, which releases the GIL as a GPU step mostly does)
+per batch of --batch blocks, for --blocks blocks: reading the stream synchronously (StreamingBlocks._blocks, what
+__iter__ did before the prefetch thread) against iterating it (the producer thread tokenizes during the steps).
 """
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -37,6 +41,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--parse-cost", action="store_true",
                         help="time parsing every record (what each rank does) against tokenizing them (what ranks share)")
+    parser.add_argument("--step_ms", type=float, help="time a consumer training this long per batch, with and without prefetch")
+    parser.add_argument("--batch", type=int, default=8, help="blocks per training step (with --step_ms)")
+    parser.add_argument("--blocks", type=int, default=4000, help="blocks consumed (with --step_ms)")
     parser.add_argument("--out")
     a = parser.parse_args()
     args = DataArguments(train_file=a.file, block_size=a.block_size, streaming=True, validation_split_percentage=1)
@@ -53,6 +60,15 @@ def main() -> None:
         tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         result.update(parse_s=round(parse, 2), tokenize_s=round(time.perf_counter() - start, 2))
         result["parse_share"] = round(result["parse_s"] / (result["parse_s"] + result["tokenize_s"]), 3)
+    elif a.step_ms is not None:
+        result.update(step_ms=a.step_ms, batch=a.batch, blocks=a.blocks, steps_s=round(a.blocks // a.batch * a.step_ms / 1000, 2))
+        plain = (block for _, block in stream.StreamingBlocks(args, tok)._blocks(ds.state))
+        for name, blocks in (("synchronous_s", plain), ("prefetch_s", iter(stream.StreamingBlocks(args, tok)))):
+            start = time.perf_counter()
+            for n, _ in enumerate(itertools.islice(blocks, a.blocks), 1):
+                if n % a.batch == 0:
+                    time.sleep(a.step_ms / 1000)
+            result[name] = round(time.perf_counter() - start, 2)
     elif a.full:
         blocks = sum(1 for _ in stream_one_epoch(ds))
         result.update(blocks=blocks, seconds=round(time.perf_counter() - start, 1))
