@@ -6,6 +6,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal  # recipe (issue 9): tokenizer_train_sample's choices
 
 import torch
 import yaml
@@ -48,6 +49,7 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A tokenizer folder, ORG/NAME (Hugging Face), modelscope:ORG/NAME, or qwen2 (Qwen2's tokenizer, offline); default: train a byte-level BPE."})
     tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
     tokenizer_train_max_chars: int = field(default=3_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (peak memory grows ~0.23 GB per million)."})
+    tokenizer_train_sample: Literal["head", "spread"] = field(default="head", metadata={"help": "Which training documents the BPE learns from: head = the first ones, up to tokenizer_train_max_chars; spread = documents at an even stride over the whole training split (one streaming pass)."})  # recipe (issue 9)
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
 
 
