@@ -66,6 +66,7 @@ class RunArguments:
     allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
     nproc_per_node: str = field(default="auto", metadata={"help": "Processes on this node: auto = one per visible GPU (python pretrain.py re-launches itself under torchrun when there are several), or a number (on a CPU: gloo processes). Ignored under torchrun or accelerate launch."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Peak TFLOPS of one device for the MFU figure; default: the GPU datasheet table in zhpretrain/speed.py, or a measured matmul on CPU."})
+    muon_learning_rate: float | None = field(default=None, metadata={"help": "Train the hidden weight matrices with Muon at this peak learning rate (on AdamW's scale: start from --learning_rate), the rest (embeddings, output layer, norms, biases) with --optim at --learning_rate; same schedule for both. Default: off, --optim for everything."})  # recipe (issue 9)
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
 
 
