@@ -33,6 +33,7 @@ class DataArguments:
     split_seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
     block_size: int = field(default=512, metadata={"help": "Tokens per training block."})
     streaming: bool = field(default=False, metadata={"help": "Read, tokenize and pack the training files on the fly instead of caching blocks first."})
+    document_attention: bool = field(default=False, metadata={"help": "Each token attends only to its own document inside a packed block (positions restart at each EOS); false: attention crosses the EOS between documents."})  # recipe (issue 9)
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many blocks (streaming: default 256)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip malformed records (and count them) instead of stopping."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where tokenizers and token blocks are cached (default ~/.cache/zhpretrain)."})

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, default_data_collator
 
-from . import optim, rundir  # optim: recipe (issue 9)
+from . import attention, optim, rundir  # attention, optim: recipe (issue 9)
 from .errors import UserError
 from .generate import continue_prompt
 
@@ -299,14 +299,14 @@ def sharded(args) -> bool:
 
 def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int,
                   flops_per_token: float = 0.0, peak_flops: float | None = None,
-                  muon_learning_rate: float | None = None):  # recipe (issue 9)
+                  muon_learning_rate: float | None = None, document_attention: bool = False):  # recipe (issue 9)
     return PretrainTrainer(
         model=model,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["test"],
         processing_class=tokenizer,
-        data_collator=default_data_collator,
+        data_collator=attention.DocumentAttentionCollator(tokenizer.eos_token_id) if document_attention else default_data_collator,  # recipe
         callbacks=callbacks,
         bytes_per_token=bytes_per_token,
         tokens_per_step=tokens_per_step,
