@@ -48,7 +48,7 @@ def _training_pieces(texts: Iterator[str], max_chars: int) -> Iterator[str]:
     The trainer's cost grows with the length of the longest pre-tokenized word, and a document without spaces or
     punctuation (a base64 blob, a table dump) is one word: 50 MB of it kept the trainer busy for over 11 minutes.
     Cutting pieces bounds every word; the per-document share keeps one huge document from choosing the vocabulary."""
-    seen, per_document = 0, max(max_chars // 20, TRAIN_PIECE_CHARS)
+    seen, per_document = 0, _per_document(max_chars)
     for text in texts:
         text = text[:per_document]
         for start in range(0, len(text), TRAIN_PIECE_CHARS):
@@ -56,6 +56,52 @@ def _training_pieces(texts: Iterator[str], max_chars: int) -> Iterator[str]:
         seen += len(text)
         if seen >= max_chars:
             return
+
+
+SAMPLES = ("head", "spread")  # --tokenizer_train_sample
+
+
+def _per_document(max_chars: int) -> int:
+    return max(max_chars // 20, TRAIN_PIECE_CHARS)
+
+
+def spread(texts: Iterator[str], max_chars: int) -> list[str]:
+    """Documents taken at an even stride over the whole of texts, about max_chars characters in all (each document
+    cut to its share, as _training_pieces does), in their order.
+
+    Why: the head of a corpus is rarely typical of it (a Wikipedia dump is ordered by article id, a crawl by source), so
+    a vocabulary learned from its first few million characters misses what comes later. The stride is found in one
+    streaming pass, with no count of the documents beforehand (files, compressed files and hub streams alike): keep
+    every k-th document, starting with k = 1, and double k (dropping the kept documents that are no longer multiples
+    of it) whenever more than 2 * max_chars characters are held; at the end, thin the kept ones at an even fractional
+    stride down to max_chars. At most about 2 * max_chars characters are ever held in memory."""
+    per_document, limit = _per_document(max_chars), 2 * max_chars
+    k, kept, held = 1, [], 0  # kept: (ordinal, text) for every ordinal that is a multiple of k
+    for ordinal, text in enumerate(texts):
+        if ordinal % k:
+            continue
+        text = text[:per_document]
+        kept.append((ordinal, text))
+        held += len(text)
+        while held > limit:
+            k *= 2
+            kept = [(o, t) for o, t in kept if o % k == 0]
+            held = sum(len(t) for _, t in kept)
+    if held <= max_chars:
+        return [t for _, t in kept]
+    step = held / max_chars  # in (1, 2]: every step-th kept document leaves about max_chars characters
+    return [kept[int(m * step)][1] for m in range(int(len(kept) / step))]
+
+
+def training_texts(data_args, model_args) -> Iterator[str]:
+    """The training split's texts the BPE is trained on: from its start (head) or spread over all of it (spread)."""
+    from . import data
+
+    texts = (t for _, t in data.documents(data_args, data.ReadStats(), "train"))
+    sample = model_args.tokenizer_train_sample
+    if sample not in SAMPLES:
+        raise UserError(f"tokenizer_train_sample '{sample}' is not one of {', '.join(SAMPLES)}.")
+    return iter(spread(texts, model_args.tokenizer_train_max_chars)) if sample == "spread" else texts
 
 
 def qwen2_ranks() -> Path:
@@ -104,16 +150,17 @@ def train(texts: Iterator[str], vocab_size: int, max_chars: int):
 
 
 def cache_folder(cache_root: Path, source: dict, model_args) -> Path:
-    """Where the BPE trained on this data, split and vocabulary size is cached."""
-    return cache.folder(cache_root, "tokenizer", {**source, "vocab_size": model_args.tokenizer_vocab_size,
-                                                  "max_chars": model_args.tokenizer_train_max_chars})
+    """Where the BPE trained on this data, split, vocabulary size and sample of the split is cached (the default sample,
+    head, keeps the key it had before there was a choice, so existing caches stay valid)."""
+    key = {**source, "vocab_size": model_args.tokenizer_vocab_size, "max_chars": model_args.tokenizer_train_max_chars}
+    if model_args.tokenizer_train_sample != "head":
+        key["sample"] = model_args.tokenizer_train_sample
+    return cache.folder(cache_root, "tokenizer", key)
 
 
 def _train_child(data_args, model_args, folder: Path, result) -> None:
-    from . import data
-
     try:
-        texts = (t for _, t in data.documents(data_args, data.ReadStats(), "train"))
+        texts = training_texts(data_args, model_args)
         train(texts, model_args.tokenizer_vocab_size, model_args.tokenizer_train_max_chars).save_pretrained(folder)
         result.send(None)
     except UserError as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, default_data_collator
 
-from . import rundir
+from . import attention, optim, rundir  # attention, optim: recipe (issue 9)
 from .errors import UserError
 from .generate import continue_prompt
 
@@ -20,8 +20,9 @@ class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
 
     def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, flops_per_token: float = 0.0,
-                 peak_flops: float | None = None, **kwargs):
+                 peak_flops: float | None = None, muon_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.muon_learning_rate = muon_learning_rate  # recipe (issue 9)
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # peak: all devices together
         self.clock = TrainingClock()
@@ -37,6 +38,11 @@ class PretrainTrainer(Trainer):
         # No workers: the position lives in this process, and the Rust tokenizer uses every core anyway.
         return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
                                            collate_fn=self.data_collator, num_workers=0)
+
+    def create_optimizer(self, model=None):  # recipe (issue 9): Muon for the hidden matrices (zhpretrain/optim.py)
+        if self.muon_learning_rate is not None and self.optimizer is None:
+            self.optimizer = optim.create_optimizer(self.model if model is None else model, self.args, self.muon_learning_rate)
+        return super().create_optimizer(model)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.clock.begun is None:
@@ -292,19 +298,21 @@ def sharded(args) -> bool:
 
 
 def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int,
-                  flops_per_token: float = 0.0, peak_flops: float | None = None):
+                  flops_per_token: float = 0.0, peak_flops: float | None = None,
+                  muon_learning_rate: float | None = None, document_attention: bool = False):  # recipe (issue 9)
     return PretrainTrainer(
         model=model,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["test"],
         processing_class=tokenizer,
-        data_collator=default_data_collator,
+        data_collator=attention.DocumentAttentionCollator(tokenizer.eos_token_id) if document_attention else default_data_collator,  # recipe
         callbacks=callbacks,
         bytes_per_token=bytes_per_token,
         tokens_per_step=tokens_per_step,
         flops_per_token=flops_per_token,
         peak_flops=peak_flops,
+        muon_learning_rate=muon_learning_rate,  # recipe (issue 9)
     )
 
 
