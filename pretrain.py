@@ -151,8 +151,8 @@ def resume_point(output_dir: Path, data_args, model_args, run_args, training_arg
     checkpoint = rundir.last_checkpoint(output_dir, move_aside=main_process)
     source = data_source(data_args)
     run_identity = identity(source, training_args, config)
-    from zhpretrain import recipe  # recipe (issue 9): Muon and document attention, when set, are part of the identity
-    run_identity["training"].update(recipe.identity(data_args, run_args))  # recipe (issue 9)
+    from zhpretrain import recipe  # Muon and document attention, when set, are part of the identity
+    run_identity["training"].update(recipe.identity(data_args, run_args))
     if checkpoint:
         rundir.check_identity(output_dir, checkpoint, run_identity, run_args.allow_resume_changes)
     return checkpoint, source, run_identity
@@ -352,7 +352,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
     flops, peak = hardware_use(model, data_args.block_size, training_args, run_args.peak_tflops, main_process)
     trainer = train.build_trainer(model, training_args, datasets, tok, callbacks, bytes_per_token, tokens_per_step,
                                   flops_per_token=flops, peak_flops=peak,
-                                  muon_learning_rate=run_args.muon_learning_rate, document_attention=data_args.document_attention)  # recipe (issue 9)
+                                  muon_learning_rate=run_args.muon_learning_rate, document_attention=data_args.document_attention)
     guard.trainer = trainer
     console.attach(trainer, output_dir, main_process)
     try:

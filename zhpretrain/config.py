@@ -33,7 +33,7 @@ class DataArguments:
     split_seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
     block_size: int = field(default=512, metadata={"help": "Tokens per training block."})
     streaming: bool = field(default=False, metadata={"help": "Read, tokenize and pack the training files on the fly instead of caching blocks first."})
-    document_attention: bool = field(default=False, metadata={"help": "Each token attends only to its own document inside a packed block (positions restart at each EOS); false: attention crosses the EOS between documents."})  # recipe (issue 9)
+    document_attention: bool = field(default=False, metadata={"help": "Each token attends only to its own document inside a packed block (positions restart at each EOS); false: attention crosses the EOS between documents."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many blocks (streaming: default 256)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip malformed records (and count them) instead of stopping."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where tokenizers and token blocks are cached (default ~/.cache/zhpretrain)."})
@@ -50,7 +50,7 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A tokenizer folder, ORG/NAME (Hugging Face), modelscope:ORG/NAME, or qwen2 (Qwen2's tokenizer, offline); default: train a byte-level BPE."})
     tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
     tokenizer_train_max_chars: int = field(default=3_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (peak memory grows ~0.23 GB per million)."})
-    tokenizer_train_sample: Literal["head", "spread"] = field(default="head", metadata={"help": "Which training documents the BPE learns from: head = the first ones, up to tokenizer_train_max_chars; spread = documents at an even stride over the whole training split (one streaming pass)."})  # recipe (issue 9)
+    tokenizer_train_sample: Literal["head", "spread"] = field(default="head", metadata={"help": "Which training documents the BPE learns from: head = the first ones, up to tokenizer_train_max_chars; spread = documents at an even stride over the whole training split (one streaming pass)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
 
 
@@ -67,7 +67,7 @@ class RunArguments:
     allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
     nproc_per_node: str = field(default="auto", metadata={"help": "Processes on this node: auto = one per visible GPU (python pretrain.py re-launches itself under torchrun when there are several), or a number (on a CPU: gloo processes). Ignored under torchrun or accelerate launch."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Peak TFLOPS of one device for the MFU figure; default: the GPU datasheet table in zhpretrain/speed.py, or a measured matmul on CPU."})
-    muon_learning_rate: float | None = field(default=None, metadata={"help": "Train the hidden weight matrices with Muon at this peak learning rate (on AdamW's scale: start from --learning_rate), the rest (embeddings, output layer, norms, biases) with --optim at --learning_rate; same schedule for both. Default: off, --optim for everything."})  # recipe (issue 9)
+    muon_learning_rate: float | None = field(default=None, metadata={"help": "Train the hidden weight matrices with Muon at this peak learning rate (on AdamW's scale: start from --learning_rate), the rest (embeddings, output layer, norms, biases) with --optim at --learning_rate; same schedule for both. Default: off, --optim for everything."})
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, default_data_collator
 
-from . import attention, optim, rundir  # attention, optim: recipe (issue 9)
+from . import attention, optim, rundir
 from .errors import UserError
 from .generate import continue_prompt
 
@@ -22,7 +22,7 @@ class PretrainTrainer(Trainer):
     def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, flops_per_token: float = 0.0,
                  peak_flops: float | None = None, muon_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.muon_learning_rate = muon_learning_rate  # recipe (issue 9)
+        self.muon_learning_rate = muon_learning_rate
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # peak: all devices together
         self.clock = TrainingClock()
@@ -39,7 +39,7 @@ class PretrainTrainer(Trainer):
         return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
                                            collate_fn=self.data_collator, num_workers=0)
 
-    def create_optimizer(self, model=None):  # recipe (issue 9): Muon for the hidden matrices (zhpretrain/optim.py)
+    def create_optimizer(self, model=None):  # Muon for the hidden matrices, when asked (optim.py)
         if self.muon_learning_rate is not None and self.optimizer is None:
             self.optimizer = optim.create_optimizer(self.model if model is None else model, self.args, self.muon_learning_rate)
         return super().create_optimizer(model)
@@ -299,20 +299,20 @@ def sharded(args) -> bool:
 
 def build_trainer(model, training_args, data: dict, tokenizer, callbacks: list, bytes_per_token: float, tokens_per_step: int,
                   flops_per_token: float = 0.0, peak_flops: float | None = None,
-                  muon_learning_rate: float | None = None, document_attention: bool = False):  # recipe (issue 9)
+                  muon_learning_rate: float | None = None, document_attention: bool = False):
     return PretrainTrainer(
         model=model,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["test"],
         processing_class=tokenizer,
-        data_collator=attention.DocumentAttentionCollator(tokenizer.eos_token_id) if document_attention else default_data_collator,  # recipe
+        data_collator=attention.DocumentAttentionCollator(tokenizer.eos_token_id) if document_attention else default_data_collator,
         callbacks=callbacks,
         bytes_per_token=bytes_per_token,
         tokens_per_step=tokens_per_step,
         flops_per_token=flops_per_token,
         peak_flops=peak_flops,
-        muon_learning_rate=muon_learning_rate,  # recipe (issue 9)
+        muon_learning_rate=muon_learning_rate,
     )
 
 
