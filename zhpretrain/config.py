@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal  # recipe (issue 9): tokenizer_train_sample's choices
+from typing import Literal
 
 import torch
 import yaml
