@@ -63,6 +63,14 @@ class RunArguments:
     allow_resume_changes: bool = field(default=False, metadata={"help": "Resume a checkpoint although the data or the training hyper-parameters changed since it was started (its tokenizer and model shape are kept)."})
     allow_existing_output_dir: bool = field(default=False, metadata={"help": "Write into an existing non-empty output_dir that is not a run folder of this project."})
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
+    max_train_minutes: float | None = field(default=None, metadata={"help": "Wall-clock budget of training time in minutes (evaluation, saving and data preparation not counted): training ends inside it with the learning rate decayed (warmup-stable-decay); max_steps stays an upper bound."})
+    budget_decay_ratio: float = field(default=0.2, metadata={"help": "With max_train_minutes: the share of the budget (by time) over which the learning rate decays (1-sqrt), at the end."})
+    budget_min_lr_ratio: float = field(default=0.0, metadata={"help": "With max_train_minutes: the learning rate the decay ends at, as a fraction of learning_rate."})
+
+    def __post_init__(self):
+        from .budget import check_options
+
+        check_options(self)  # a ValueError here becomes one 'Invalid arguments' line
 
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)
