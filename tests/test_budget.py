@@ -90,12 +90,25 @@ def test_budget_options_are_checked_when_parsing(tmp_path, monkeypatch):
 # ---- real runs
 
 
-def test_a_budget_run_ends_inside_it_with_the_schedule_completed(tmp_path):
-    minutes, floor = 0.1, 0.1
-    budget_s = minutes * 60
-    proc = run(budget_args(tmp_path, minutes, "out", 100000, 100000, "--budget_min_lr_ratio", floor), tmp_path)
+MINUTES, FLOOR = 0.1, 0.1  # a 6-second budget, decaying to a tenth of the peak
+
+
+def finished_args(tmp: Path, minutes: float = MINUTES):
+    return budget_args(tmp, minutes, "out", 100000, 100000, "--budget_min_lr_ratio", FLOOR)
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("budget")
+    proc = run(finished_args(tmp), tmp)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    out = tmp_path / "out"
+    return tmp, proc.stdout
+
+
+def test_a_budget_run_ends_inside_it_with_the_schedule_completed(budget_run):
+    tmp, stdout = budget_run
+    budget_s = MINUTES * 60
+    out = tmp / "out"
     state, logged = saved(last_checkpoint(out))
     end = state["decay_start"] + state["decay_steps"]
     per_step = state["training_seconds"] / state["step"]
@@ -108,22 +121,27 @@ def test_a_budget_run_ends_inside_it_with_the_schedule_completed(tmp_path):
     assert budget_s * 0.8 < state["training_seconds"] <= budget_s + per_step + 0.5, state
     # The decay started when 80% of the budget was used (at the first check after it: checks are one step apart near it).
     assert 0.8 * budget_s <= state["decay_started_at_seconds"] <= 0.8 * budget_s + 2 * per_step + 0.5, state
-    check_schedule(state, logged, floor)
+    check_schedule(state, logged, FLOOR)
     rates = [h["learning_rate"] for h in logged]
     assert max(rates) == pytest.approx(PEAK) and rates[WARMUP] == pytest.approx(PEAK)
-    assert rates[-1] < PEAK * (floor + 0.3)  # (1-sqrt) is steep at its end: the last step is close to the floor
-    assert lr_factor(end, WARMUP, state["decay_start"], state["decay_steps"], floor) == pytest.approx(floor)  # reached as it ends
-    assert f"budget: the learning rate decays from step {state['decay_start']:,}" in proc.stdout
-    line = TIME_LINE.search(proc.stdout)
-    assert line and line.group(2) == "0:06", proc.stdout[-2000:]
+    assert rates[-1] < PEAK * (FLOOR + 0.3)  # (1-sqrt) is steep at its end: the last step is close to the floor
+    assert lr_factor(end, WARMUP, state["decay_start"], state["decay_steps"], FLOOR) == pytest.approx(FLOOR)  # reached as it ends
+    assert f"budget: the learning rate decays from step {state['decay_start']:,}" in stdout
+    line = TIME_LINE.search(stdout)
+    assert line and line.group(2) == "0:06", stdout[-2000:]
 
-    # Re-running the same command finds the budget spent: no step more, the final model saved and sampled again.
-    again = run(budget_args(tmp_path, minutes, "out", 100000, 100000, "--budget_min_lr_ratio", floor), tmp_path)
+
+@pytest.mark.slow
+def test_rerunning_a_finished_budget_run_trains_no_more(budget_run):
+    tmp, _ = budget_run
+    end = last_checkpoint(tmp / "out").name
+    # The same command finds the budget spent: no step more, the final model saved and sampled again.
+    again = run(finished_args(tmp), tmp)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert f"checkpoint-{end} is already at the last step" in again.stdout
-    assert last_checkpoint(out).name == f"checkpoint-{end}" and "nothing left to train in this launch" in again.stdout
+    assert f"{end} is already at the last step" in again.stdout and "nothing left to train in this launch" in again.stdout
+    assert last_checkpoint(tmp / "out").name == end
     # Another budget for a finished run needs the explicit permission (and the finished run stays finished).
-    refused = run(budget_args(tmp_path, 0.2, "out", 100000, 100000, "--budget_min_lr_ratio", floor), tmp_path)
+    refused = run(finished_args(tmp, 0.2), tmp)
     assert refused.returncode == 2 and "max_train_minutes=0.1" in refused.stdout and "--allow_resume_changes" in refused.stdout
 
 
