@@ -145,6 +145,17 @@ def test_rerunning_a_finished_budget_run_trains_no_more(budget_run):
     assert refused.returncode == 2 and "max_train_minutes=0.1" in refused.stdout and "--allow_resume_changes" in refused.stdout
 
 
+def test_max_steps_stays_an_upper_bound_and_the_schedule_still_completes(tmp_path):
+    """A budget far longer than max_steps takes: the decay starts at 80% of max_steps and ends at it."""
+    proc = run(budget_args(tmp_path, 10, "out", 100000, 100000, "--max_steps", 30), tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    state, logged = saved(last_checkpoint(tmp_path / "out"))
+    assert (state["decay_trigger"], state["decay_start"], state["decay_steps"], state["step"]) == ("max_steps", 24, 6, 30)
+    check_schedule(state, logged)
+    assert [h["step"] for h in logged] == list(range(1, 31))
+    assert re.search(r"^time: training 0:\d\d of a 10:00 budget \(max_steps 30 came first\)", proc.stdout, re.M), proc.stdout[-2000:]
+
+
 def test_evaluation_and_saving_do_not_eat_the_budget(tmp_path, monkeypatch, capsys):
     """In this process, with evaluation and checkpoint saving made slow (each 0.5 s longer): the training time stays
     inside the budget while the wall-clock time of train() grows by all of it, and the report counts it apart."""

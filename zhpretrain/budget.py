@@ -197,7 +197,7 @@ class TimeBudget(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.budget:
             return
-        if self.scheduler is None or self.trainer.lr_scheduler is not self.scheduler:
+        if self.scheduler is None:  # under DeepSpeed the Trainer may wrap ours: its absence is what tells
             raise UserError("max_train_minutes: the budget's learning-rate schedule could not be installed (a DeepSpeed "
                             "config with its own scheduler?). Remove the scheduler from that config.")
         # The Trainer's own end (max_steps, or the epochs) stays an upper bound: the decay also starts by
