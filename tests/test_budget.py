@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import swanlab_log
 from conftest import REPO
 from zhpretrain import budget, config
 from zhpretrain.budget import lr_factor
@@ -100,7 +101,7 @@ def finished_args(tmp: Path, minutes: float = MINUTES):
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("budget")
-    proc = run(finished_args(tmp), tmp)
+    proc = run([*finished_args(tmp), "--swanlab_mode", "local", "--swanlab_log_dir", tmp / "swanlog"], tmp)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return tmp, proc.stdout
 
@@ -129,6 +130,13 @@ def test_a_budget_run_ends_inside_it_with_the_schedule_completed(budget_run):
     assert f"budget: the learning rate decays from step {state['decay_start']:,}" in stdout
     line = TIME_LINE.search(stdout)
     assert line and line.group(2) == "0:06", stdout[-2000:]
+    # The same numbers in SwanLab, in minutes, at the last step.
+    [swan] = swanlab_log.run_dirs(tmp / "swanlog")
+    curves = swanlab_log.scalars(swan)
+    assert curves["time/budget_minutes"] == [(end, pytest.approx(MINUTES))]
+    assert curves["time/training_minutes"] == [(end, pytest.approx(state["training_seconds"] / 60, abs=1e-3))]
+    for key in ("evaluation", "saving", "before_training", "after_training"):
+        assert [s for s, _ in curves[f"time/{key}_minutes"]] == [end]
 
 
 @pytest.mark.slow
@@ -193,14 +201,16 @@ def test_evaluation_and_saving_do_not_eat_the_budget(tmp_path, monkeypatch, caps
     runtime = re.search(r"train done at step \d+ \| (\d+):(\d\d):(\d\d)", out)
     hours, minutes, seconds = map(int, runtime.groups())
     assert 3600 * hours + 60 * minutes + seconds >= 0.8 * budget_s + 0.5 * (evaluations + checkpoints) - 1, out[-2000:]
-    # The state file was written before the last evaluation and save; the report line counts them all.
+    # The state file and the report's training, evaluation and saving stop at the last step: its own evaluation and
+    # save are reported as after training.
     assert state["evaluation_seconds"] >= 0.5 * (evaluations - 1) and state["saving_seconds"] >= 0.5 * (checkpoints - 1), state
     line = TIME_LINE.search(out)
     assert line, out[-2000:]
     minutes, seconds = map(int, line.group(3).split(":"))
-    assert 60 * minutes + seconds >= round(0.5 * evaluations)  # eval_on_start's evaluation (before training) included
+    assert 60 * minutes + seconds >= int(0.5 * (evaluations - 1))  # eval_on_start's evaluation (before training) included
     minutes, seconds = map(int, line.group(4).split(":"))
-    assert 60 * minutes + seconds >= round(0.5 * checkpoints)
+    assert 60 * minutes + seconds >= int(0.5 * (checkpoints - 1))
+    assert re.search(r"; after training \(final evaluation, save, sample\) 0:0[1-9]", out)  # the last step's 0.5 + 0.5 s
 
 
 def _start(args, cwd: Path) -> subprocess.Popen:

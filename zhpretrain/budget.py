@@ -84,15 +84,17 @@ def finished_step(checkpoint: str | None) -> int | None:
     return saved["step"]
 
 
+_IMPORTED = time.perf_counter()
+
+
 def _process_start() -> float:
     """When this process started (wall clock): the time before training includes importing the libraries."""
     try:
         import psutil  # installed with accelerate
 
         return psutil.Process().create_time()
-    except Exception:
-        return time.time() - time.perf_counter() + _IMPORTED
-_IMPORTED = time.perf_counter()  # noqa: E305
+    except Exception:  # no psutil: from when this module was imported
+        return time.time() - (time.perf_counter() - _IMPORTED)
 
 
 class TimeBudget(TrainerCallback):
@@ -112,7 +114,7 @@ class TimeBudget(TrainerCallback):
         # Totals of the launches before this one, as of the checkpoint resumed (time after it was lost and is redone).
         self.earlier = {"training": 0.0, "evaluation": 0.0, "saving": 0.0, "before": 0.0, "launches": 0}
         self.cap = self.launch_step = self.next_check = self.last_check = None
-        self.ended = None  # at on_train_end: (wall time, training, evaluation, saving seconds of this launch)
+        self.ended = None  # at on_train_end: (wall time, then this launch's training, evaluation, saving, before seconds)
         if checkpoint and (Path(checkpoint) / STATE).is_file():
             self._restore(checkpoint, run_args)
         elif checkpoint and self.minutes:
@@ -212,16 +214,23 @@ class TimeBudget(TrainerCallback):
             used = f"; {duration(self.earlier['training'])} already used by {self.checkpoint}" if self.earlier["training"] else ""
             kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
             other = f" (lr_scheduler_type {kind} is not used)" if kind != "linear" else ""
+            floor = f"{self.min_lr_ratio * args.learning_rate:.2e}" if self.min_lr_ratio else "0"
+            fixed = (f"; its decay, fixed before, runs from step {self.decay_start:,} to step {state.max_steps:,}"
+                     if self.decay_start is not None else "")
             console.write(f"budget: {duration(self.budget)} of training time (evaluation and saving not counted), at most "
                           f"{self.cap:,} steps{used}. Learning rate: {self.warmup_steps} warmup steps, then {args.learning_rate:.2e} "
                           f"until {1 - self.decay_ratio:.0%} of the budget (or step {self.cap_start:,}), then a 1-sqrt decay to "
-                          f"{self.min_lr_ratio * args.learning_rate:.2e} ending with the budget{other}")
+                          f"{floor} ending with the budget{other}{fixed}")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.budget and self.decay_start is None and state.global_step >= self.next_check:
             self._check(args, state)
         if self.budget and self.decay_start is not None and state.global_step >= state.max_steps:
             control.should_log = True  # the last step is logged too: the curves show where the schedule ended
+        if control.should_training_stop:
+            # Training ends with this step: what the Trainer does next (the last logging, evaluation and save, its
+            # summary) is "after training", not training time.
+            self._freeze()
         if control.should_save and state.is_world_process_zero:
             # Before the Trainer writes the checkpoint (and trainer_state.json, our "complete" mark, last): see RunShape.
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -256,8 +265,10 @@ class TimeBudget(TrainerCallback):
         state.max_steps = min(self.cap, max(estimate, self.next_check + 1))
 
     def on_train_end(self, args, state, control, **kwargs):
-        clock = self.trainer.clock
-        if clock.begun is None:
+        self._freeze()  # when no step said it was the last one
+
+    def _freeze(self) -> None:
+        if self.ended is not None or self.trainer.clock.begun is None:
             return
         launch = self._launch()
         self.ended = (time.time(), *(launch[k] - self.earlier[k] for k in ("training", "evaluation", "saving", "before")))
