@@ -190,11 +190,12 @@ def build(model_args, training_args, tok, block_size: int, checkpoint: str | Non
     """The model: random init, or the weights of a checkpoint that already finished.
 
     Returns (model, parameter counts, its step if the checkpoint already finished)."""
+    from zhpretrain import budget
     from zhpretrain import model as modeling
     from zhpretrain import rundir
 
     config = modeling.build_config(model_args, tok, block_size)
-    done = rundir.finished_step(checkpoint, training_args.max_steps)
+    done = rundir.finished_step(checkpoint, training_args.max_steps) or budget.finished_step(checkpoint)
     model = modeling.build_model(config, training_args.seed, weights=checkpoint if done else None,
                                  init_from=model_args.init_from, tokens=len(tok), pad_token_id=tok.pad_token_id)
     params = modeling.count_parameters(model)
@@ -317,10 +318,11 @@ def main(argv=None, stop=None) -> int:
 
 
 def run(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop, given: dict) -> int:
-    from zhpretrain import blocks, card, console, rundir, stream, tracking, train
+    from zhpretrain import blocks, budget, card, console, rundir, stream, tracking, train
 
     main_process = training_args.process_index == 0
     checkpoint, source, run_identity = resume_point(output_dir, data_args, model_args, run_args, training_args, main_process)
+    time_budget = budget.TimeBudget(run_args, checkpoint)  # before tokenizing: a changed budget is refused at once
     tok, datasets, meta = prepare_data(data_args, model_args, source, builder=training_args.local_process_index == 0,
                                        rank=training_args.process_index, world=training_args.world_size, resumed=checkpoint)
     record_identity(output_dir, checkpoint, run_identity, tok, main_process)
@@ -354,6 +356,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
                                   flops_per_token=flops, peak_flops=peak,
                                   muon_learning_rate=run_args.muon_learning_rate, document_attention=data_args.document_attention)
     guard.trainer = trainer
+    time_budget.attach(trainer)  # after the other callbacks (Guard may add a save), before console's progress bar
     console.attach(trainer, output_dir, main_process)
     try:
         if not fit(trainer, stop, checkpoint, done, output_dir):
@@ -361,6 +364,7 @@ def run(data_args, model_args, run_args, training_args, preset, output_dir: Path
         save_and_sample(trainer, output_dir, run, run_args.prompt, run_args.max_new_tokens)
         if main_process:
             card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats, tokens_per_step, len(tok), given)
+        time_budget.report(run)
     finally:
         run.finish()
     return 0

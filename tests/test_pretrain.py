@@ -120,7 +120,7 @@ def test_rerunning_the_same_command_resumes_and_does_not_train_again(demo_run):
     assert not (tmp / "out" / "checkpoint-41").exists()
     log = (tmp / "out" / "train.log").read_text(encoding="utf-8").splitlines()  # appended, not replaced
     assert log[:len(first_run_log(tmp))] == first_run_log(tmp) and sum(line.startswith("--- ") for line in log) == 2
-    assert log[-1].startswith("sample @ step 40: '陕西省是")
+    assert log[-2].startswith("sample @ step 40: '陕西省是") and log[-1].startswith("time: training ")  # budget.py's report
 
 
 @pytest.mark.slow

@@ -64,6 +64,8 @@ class ConsoleProgress(ProgressCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar:
+            if self.training_bar is not None and self.training_bar.total != state.max_steps:
+                self.training_bar.total = state.max_steps  # a time budget moves the end (budget.py)
             super().on_step_end(args, state, control, **kwargs)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):

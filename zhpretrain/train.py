@@ -28,6 +28,7 @@ class PretrainTrainer(Trainer):
         self.clock = TrainingClock()
         self._last_log = None  # (training seconds, global_step) at the last training log
         self.nonfinite_losses = None  # a device tensor: non-finite micro-batch losses since the start
+        self.budget = None  # a budget.TimeBudget (attach sets it); with max_train_minutes its schedule replaces lr_scheduler_type
 
     def get_train_dataloader(self):
         from .stream import StreamingBlocks
@@ -54,6 +55,12 @@ class PretrainTrainer(Trainer):
         bad = (~torch.isfinite(loss.detach())).sum()
         self.nonfinite_losses = bad if self.nonfinite_losses is None else self.nonfinite_losses + bad
         return loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and self.budget is not None and self.budget.minutes:  # see budget.py
+            self.lr_scheduler = self.budget.make_scheduler(optimizer or self.optimizer, self.args.get_warmup_steps(num_training_steps))
+            self._created_lr_scheduler = True  # as the Trainer marks its own: a second train() call makes a new one
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _save_checkpoint(self, model, trial):
         try:
@@ -92,6 +99,7 @@ class TrainingClock:
 
     def __init__(self):
         self.begun, self.spent = None, {"evaluation": 0.0, "saving": 0.0}
+        self.before = dict.fromkeys(self.spent, 0.0)  # the same, before the first step (eval_on_start): reported, not subtracted
 
     def start(self) -> None:
         if self.begun is None:
@@ -108,8 +116,8 @@ class TrainingClock:
         try:
             yield
         finally:
-            if self.begun is not None:  # before training starts (eval_on_start) nothing is running to pause
-                self.spent[what] += time.perf_counter() - start
+            # Before training starts (eval_on_start) nothing is running to pause: that time is only kept for the report.
+            (self.spent if self.begun is not None else self.before)[what] += time.perf_counter() - start
 
 
 class SampleCallback(TrainerCallback):

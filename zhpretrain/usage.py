@@ -15,6 +15,7 @@ COMMON = {
     "block_size": None,
     "max_steps": "Optimizer steps to train (overrides num_train_epochs when > 0).",
     "num_train_epochs": "Passes over the training blocks (when max_steps is not set).",
+    "max_train_minutes": None,
     "per_device_train_batch_size": "Sequences per device per micro-batch.",
     "gradient_accumulation_steps": "Micro-batches per optimizer step (global batch = per device x this x processes).",
     "learning_rate": "Peak learning rate (after warmup).",
