@@ -1,8 +1,7 @@
 """Benchmark training: tokens/s and MFU of the project's training path (the Trainer built as pretrain.py builds it)
 against a plain PyTorch loop with the same model, batches and optimizer, at the demo and small shapes.
 
-    python tests/benchmarks/bench_train.py [--shapes demo,small] [--steps 30] [--small_steps 10] [--repeats 2]
-                                           [--profile] [--out result.json]
+    python tests/benchmarks/bench_train.py [--shapes demo,small] [--steps 30] [--repeats 3] [--profile] [--out FILE]
 
 Both sides start from the same weights (the project's build_model with the same seed), read the same token blocks of
 data/demo-zhwiki.jsonl (the project's prepare_data, cached in --cache_dir) in the same order (the Trainer's seeded
@@ -15,7 +14,9 @@ Timing: the two sides alternate step by step in one process (ABAB...): at the en
 one plain step. A project step is timed from the end of the previous plain step to the Trainer's next on_step_end (so
 everything the Trainer does between two steps counts: logging, callbacks, data loading); a plain step from start to
 end. The first --warmup steps are not timed. On a machine shared with other work only ratios measured side by side
-mean something; each repeat is a fresh pair of runs, and the table gives the median ratio and its range.
+mean something; each repeat is a fresh pair of runs, and the table gives the median ratio and its range. A pair of
+steps that took more than --disturbed times the median pair was hit by other work and is left out (the table says how
+many, and the ratio with them).
 
 --profile adds, per shape, one instrumented run: the time per step inside forward, backward, clipping and the
 optimizer step against the rest, on both sides; and a cProfile of the project's training loop with those four switched
@@ -131,14 +132,17 @@ class Shape:
 
 
 class Phases:
-    """Wall time spent inside forward, backward, clipping and the optimizer step while active; with a profiler, the
-    profiler is switched off inside them, so that it sees everything else."""
+    """Wall time spent inside forward, backward, clipping and the optimizer step, per timed step (new_step() starts
+    one); with a profiler, the profiler is switched off inside them, so that it sees everything else."""
 
     NAMES = ("forward", "backward", "clip", "optimizer")
 
     def __init__(self, device, profiler: cProfile.Profile | None = None):
         self.device, self.profiler, self.active = device, profiler, False
-        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+        self.steps = []
+
+    def new_step(self):
+        self.steps.append(dict.fromkeys(self.NAMES, 0.0))
 
     def wrap(self, name: str, fn):
         @functools.wraps(fn)  # the Trainer reads model.forward's signature to choose the batch's columns
@@ -153,12 +157,14 @@ class Phases:
                 return fn(*args, **kwargs)
             finally:
                 sync(self.device)
-                self.seconds[name] += time.perf_counter() - start
+                self.steps[-1][name] += time.perf_counter() - start
                 if self.profiler:
                     self.profiler.enable()
         return timed
 
     def start(self):
+        if self.active:
+            return
         self.active = True
         if self.profiler:
             self.profiler.enable()
@@ -179,6 +185,8 @@ def decay_parameter_names(model) -> set[str]:
 
 def plain_optimizer(model, args):
     """torch AdamW as the Trainer creates it for optim adamw_torch or adamw_torch_fused (its default on torch >= 2.8)."""
+    if args.fp16:
+        raise SystemExit("the plain loop has no fp16 loss scaling; benchmark fp32 or bf16")
     if args.optim not in ("adamw_torch", "adamw_torch_fused"):
         raise SystemExit(f"the plain loop builds torch AdamW; this preset's optim is {args.optim}")
     decay = decay_parameter_names(model)
@@ -250,8 +258,9 @@ class PlainLoop:
 
     def step(self) -> None:
         self.done += 1
-        if self.phases:
-            self.phases.active = self.done in self.timed
+        if self.phases and self.done in self.timed:
+            self.phases.new_step()
+            self.phases.active = True
         chunk = next(self.chunks)
         self.step_tokens.append(sum(b["input_ids"].numel() for b in chunk))
         for batch in chunk:
@@ -284,7 +293,8 @@ class Interleave(TrainerCallback):
         k = state.global_step
         sync(self.device)
         self.end[k] = time.perf_counter()
-        if self.phases and k == self.timed.start - 1:
+        if self.phases and self.timed.start - 1 <= k < self.timed.stop - 1:  # project step k + 1 is timed
+            self.phases.new_step()
             self.phases.start()
         if self.phases and k == self.timed.stop - 1:
             self.phases.stop()
@@ -358,7 +368,7 @@ def run_pair(shape: Shape, warmup: int, steps: int, plain: bool = True, project_
     if loop:
         result.update(plain_seconds=sum(interleave.plain_steps()), plain_step_seconds=interleave.plain_steps(), plain_losses=[float(v) for v in loop.losses],
                       plain_batches=loop.batches, plain_model=loop.model, plain_optimizer=loop.optimizer,
-                      tokens=sum(loop.step_tokens[warmup:total]))  # an epoch's last batch may be short
+                      step_tokens=loop.step_tokens[warmup:total])  # an epoch's last batch may be short
     return result
 
 
@@ -396,6 +406,15 @@ class Peak:
         return max(self.readings) if self.readings else None
 
 
+def undisturbed(project: list[float], plain: list[float], factor: float) -> list[int]:
+    """The steps whose pair (one step each side, back to back) took at most factor x the median pair: a pair far
+    slower than that was disturbed by other work on the machine (bursts of 30x a normal step were seen on a shared
+    2-core CPU). A logging step's extra work stays far below that."""
+    pair_seconds = [x + y for x, y in zip(project, plain)]
+    limit = factor * statistics.median(pair_seconds) if factor else float("inf")
+    return [i for i, t in enumerate(pair_seconds) if t <= limit]
+
+
 def bench_shape(shape: Shape, a, peak: Peak) -> dict:
     pairs, accumulation = [], shape.args.gradient_accumulation_steps
     for rep in range(a.repeats):
@@ -406,19 +425,24 @@ def bench_shape(shape: Shape, a, peak: Peak) -> dict:
             r = run_pair(shape, a.warmup, shape.steps)
         timed = slice(a.warmup * accumulation, (a.warmup + shape.steps) * accumulation)
         diffs = [abs(x - y) for x, y in zip(r["project_losses"][timed], r["plain_losses"][timed])]
-        pair = {"tokens": r["tokens"], "project_seconds": r["project_seconds"], "plain_seconds": r["plain_seconds"],
-                "project_tokens_per_second": r["tokens"] / r["project_seconds"],
-                "plain_tokens_per_second": r["tokens"] / r["plain_seconds"],
-                "ratio": r["plain_seconds"] / r["project_seconds"],
+        project, plain, tokens = r["project_step_seconds"], r["plain_step_seconds"], r["step_tokens"]
+        keep = undisturbed(project, plain, a.disturbed)
+        kept = lambda values: sum(values[i] for i in keep)  # noqa: E731
+        pair = {"tokens": kept(tokens), "project_seconds": kept(project), "plain_seconds": kept(plain),
+                "project_tokens_per_second": kept(tokens) / kept(project),
+                "plain_tokens_per_second": kept(tokens) / kept(plain),
+                "ratio": kept(plain) / kept(project), "steps_kept": len(keep), "steps_dropped": len(project) - len(keep),
+                "ratio_all_steps": sum(plain) / sum(project),
                 "project_final_loss": r["project_losses"][-1], "plain_final_loss": r["plain_losses"][-1],
-                "max_abs_loss_diff": max(diffs) if diffs else None,
-                "project_step_seconds": r["project_step_seconds"], "plain_step_seconds": r["plain_step_seconds"],
+                "max_abs_loss_diff": max(diffs) if diffs else None, "step_tokens": tokens,
+                "project_step_seconds": project, "plain_step_seconds": plain,
                 "project_losses": r["project_losses"], "plain_losses": r["plain_losses"]}
         if rep == 0:
             pair.update(check_same(shape, r))
         pairs.append(pair)
         print(f"    ratio {pair['ratio']:.3f} ({pair['project_tokens_per_second']:,.0f} vs "
-              f"{pair['plain_tokens_per_second']:,.0f} tokens/s)", file=sys.stderr, flush=True)
+              f"{pair['plain_tokens_per_second']:,.0f} tokens/s; {pair['steps_dropped']} disturbed step pairs dropped, "
+              f"ratio over all {pair['ratio_all_steps']:.3f})", file=sys.stderr, flush=True)
         del r
     peak.measure()
     median = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
@@ -432,6 +456,7 @@ def bench_shape(shape: Shape, a, peak: Peak) -> dict:
            "project_tokens_per_second": median("project_tokens_per_second"),
            "plain_tokens_per_second": median("plain_tokens_per_second"),
            "ratio": median("ratio"), "ratio_min": min(p["ratio"] for p in pairs), "ratio_max": max(p["ratio"] for p in pairs),
+           "ratio_all_steps": median("ratio_all_steps"), "steps_dropped": sum(p["steps_dropped"] for p in pairs),
            "max_abs_loss_diff": max(p["max_abs_loss_diff"] for p in pairs),
            "project_final_loss": pairs[-1]["project_final_loss"], "plain_final_loss": pairs[-1]["plain_final_loss"],
            **{k: pairs[0][k] for k in ("same_initial_weights", "same_batches", "same_optimizer")},
@@ -449,11 +474,15 @@ def profile_shape(shape: Shape, a) -> dict:
     project, plain = Phases(device), Phases(device)
     with quiet(not a.verbose):
         r = run_pair(shape, a.warmup, steps, project_phases=project, plain_phases=plain)
-    out = {}
+    keep = undisturbed(r["project_step_seconds"], r["plain_step_seconds"], a.disturbed)
+    out = {"steps_kept": len(keep), "steps": steps}
     for side, phases in (("project", project), ("plain", plain)):
-        per_step = {k: 1e3 * v / steps for k, v in phases.seconds.items()}
-        per_step["total"] = 1e3 * r[f"{side}_seconds"] / steps
-        per_step["other"] = per_step["total"] - sum(per_step[k] for k in Phases.NAMES)
+        totals = r[f"{side}_step_seconds"]
+        assert len(phases.steps) == len(totals), (side, len(phases.steps), len(totals))
+        mean = lambda values: 1e3 * sum(values[i] for i in keep) / len(keep)  # noqa: E731
+        per_step = {k: mean([p[k] for p in phases.steps]) for k in Phases.NAMES}
+        per_step["total"] = mean(totals)
+        per_step["other"] = mean([t - sum(p.values()) for t, p in zip(totals, phases.steps)])
         out[side] = per_step
     profiler = cProfile.Profile()
     with quiet(not a.verbose):
@@ -502,7 +531,9 @@ def table(env: dict, rows: list[dict], command: str) -> str:
         peak = (f"{r['peak_source']}, best of {len(r['peak_readings'])} readings: {r['peak_flops'] / 1e9:,.0f} GFLOP/s "
                 f"(lowest {min(r['peak_readings']) / 1e9:,.0f})" if r["peak_readings"] else r["peak_source"])
         lines.append(f"- {r['shape']}: {r['note']}. {r['steps']} timed steps after {r['warmup']} warm-up steps, "
-                     f"{len(r['pairs'])} repeat(s), median (range); {r['train_blocks']} training blocks; optim "
+                     f"{len(r['pairs'])} repeat(s), median (range); {r['steps_dropped']} of {r['steps'] * len(r['pairs'])} "
+                     f"step pairs dropped as disturbed (ratio with them: {r['ratio_all_steps']:.3f}); "
+                     f"{r['train_blocks']} training blocks; optim "
                      f"{r['optim']}, {r['lr_scheduler_type']} schedule, logging_steps {r['logging_steps']}, "
                      f"dataloader_num_workers {r['dataloader_num_workers']} (plain loop: 0). Same initial weights: "
                      f"{r['same_initial_weights']}; same batches in the same order: {r['same_batches']}; same optimizer "
@@ -514,7 +545,8 @@ def table(env: dict, rows: list[dict], command: str) -> str:
 
 
 def profile_report(name: str, prof: dict) -> str:
-    lines = [f"### profile: {name} (ms per optimizer step)", "",
+    lines = [f"### profile: {name} (ms per optimizer step, mean over {prof['steps_kept']} undisturbed of {prof['steps']} "
+             "steps; other = the step's time outside the four)", "",
              "| side | total | forward | backward | clip | optimizer | other |", "|---|---|---|---|---|---|---|"]
     for side in ("project", "plain"):
         p = prof[side]
@@ -531,13 +563,13 @@ def profile_report(name: str, prof: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cpu = not torch.cuda.is_available()
     parser.add_argument("--shapes", default="demo,small", help="comma-separated: " + ", ".join(SHAPES))
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run (demo)")
-    parser.add_argument("--small_steps", type=int, default=None,
-                        help="timed optimizer steps per run of the small shape (default: 10 on a CPU, else --steps)")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run")
+    parser.add_argument("--small_steps", type=int, default=None, help="timed steps per run of the small shape (default: --steps)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps at the start of each run")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per shape, each a fresh interleaved pair")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per shape, each a fresh interleaved pair")
+    parser.add_argument("--disturbed", type=float, default=2.0,
+                        help="drop a pair of steps that took more than this many times the median pair (0: keep all)")
     parser.add_argument("--small_batch", type=int, default=1,
                         help="sequences per step of the small shape on a CPU (a GPU runs the preset's 32 x 4)")
     parser.add_argument("--logging_steps", type=int, default=None, help="override the presets' logging_steps")
@@ -549,7 +581,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the table and the raw numbers to this JSON file")
     a = parser.parse_args()
     if a.small_steps is None:
-        a.small_steps = 10 if cpu else a.steps
+        a.small_steps = a.steps
     names = [s.strip() for s in a.shapes.split(",") if s.strip()]
     if unknown := [s for s in names if s not in SHAPES]:
         parser.error(f"unknown shape {', '.join(unknown)}; known: {', '.join(SHAPES)}")
