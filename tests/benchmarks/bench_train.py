@@ -1,7 +1,7 @@
 """Benchmark training: tokens/s and MFU of the project's training path (the Trainer built as pretrain.py builds it)
 against a plain PyTorch loop with the same model, batches and optimizer, at the demo and small shapes.
 
-    python tests/benchmarks/bench_train.py [--shapes demo,small] [--steps 30] [--repeats 3] [--profile] [--out FILE]
+    python tests/benchmarks/bench_train.py [--shapes demo,small] [--steps 30] [--repeats 4] [--profile] [--out FILE]
 
 Both sides start from the same weights (the project's build_model with the same seed), read the same token blocks of
 data/demo-zhwiki.jsonl (the project's prepare_data, cached in --cache_dir) in the same order (the Trainer's seeded
@@ -14,9 +14,10 @@ Timing: the two sides alternate step by step in one process (ABAB...): at the en
 one plain step. A project step is timed from the end of the previous plain step to the Trainer's next on_step_end (so
 everything the Trainer does between two steps counts: logging, callbacks, data loading); a plain step from start to
 end. The first --warmup steps are not timed. On a machine shared with other work only ratios measured side by side
-mean something; each repeat is a fresh pair of runs, and the table gives the median ratio and its range. A pair of
-steps that took more than --disturbed times the median pair was hit by other work and is left out (the table says how
-many, and the ratio with them).
+mean something. Each repeat is a fresh pair of runs, and each step counts with its fastest time over the repeats on
+each side: step k does the same work in every run (the same batch; logging at the same steps), so the project's own
+periodic costs stay in, while a burst of other work stays in only if it hit that step in every run. The table also
+gives each run's own ratio over all its steps, to show the noise.
 
 --profile adds, per shape, one instrumented run: the time per step inside forward, backward, clipping and the
 optimizer step against the rest, on both sides; and a cProfile of the project's training loop with those four switched
@@ -407,16 +408,20 @@ class Peak:
 
 
 def undisturbed(project: list[float], plain: list[float], factor: float) -> list[int]:
-    """The steps whose pair (one step each side, back to back) took at most factor x the median pair: a pair far
-    slower than that was disturbed by other work on the machine (bursts of 30x a normal step were seen on a shared
-    2-core CPU). A logging step's extra work stays far below that."""
+    """The steps whose pair (one step each side, back to back) took at most factor x the lower quartile of the pairs:
+    a pair far slower than that was disturbed by other work on the machine. A logging step's extra work stays far
+    below that on a CPU."""
     pair_seconds = [x + y for x, y in zip(project, plain)]
-    limit = factor * statistics.median(pair_seconds) if factor else float("inf")
+    limit = factor * statistics.quantiles(pair_seconds, n=4)[0] if factor and len(pair_seconds) > 1 else float("inf")
     return [i for i, t in enumerate(pair_seconds) if t <= limit]
 
 
 def bench_shape(shape: Shape, a, peak: Peak) -> dict:
-    pairs, accumulation = [], shape.args.gradient_accumulation_steps
+    """Repeat the interleaved pair; then take each step's fastest time over the repeats, on each side. Step k does the
+    same work in every repeat (the same batch; a logging step is a logging step), so the project's own periodic costs
+    are kept, while a burst of other work is kept only if it hit that step in every repeat: on a shared 2-core CPU,
+    bursts of 10-30x a normal step hit whole stretches of a run, on one side or both."""
+    runs, accumulation = [], shape.args.gradient_accumulation_steps
     for rep in range(a.repeats):
         peak.measure()
         gc.collect()
@@ -425,43 +430,36 @@ def bench_shape(shape: Shape, a, peak: Peak) -> dict:
             r = run_pair(shape, a.warmup, shape.steps)
         timed = slice(a.warmup * accumulation, (a.warmup + shape.steps) * accumulation)
         diffs = [abs(x - y) for x, y in zip(r["project_losses"][timed], r["plain_losses"][timed])]
-        project, plain, tokens = r["project_step_seconds"], r["plain_step_seconds"], r["step_tokens"]
-        keep = undisturbed(project, plain, a.disturbed)
-        kept = lambda values: sum(values[i] for i in keep)  # noqa: E731
-        pair = {"tokens": kept(tokens), "project_seconds": kept(project), "plain_seconds": kept(plain),
-                "project_tokens_per_second": kept(tokens) / kept(project),
-                "plain_tokens_per_second": kept(tokens) / kept(plain),
-                "ratio": kept(plain) / kept(project), "steps_kept": len(keep), "steps_dropped": len(project) - len(keep),
-                "ratio_all_steps": sum(plain) / sum(project),
-                "project_final_loss": r["project_losses"][-1], "plain_final_loss": r["plain_losses"][-1],
-                "max_abs_loss_diff": max(diffs) if diffs else None, "step_tokens": tokens,
-                "project_step_seconds": project, "plain_step_seconds": plain,
-                "project_losses": r["project_losses"], "plain_losses": r["plain_losses"]}
+        run = {"ratio": sum(r["plain_step_seconds"]) / sum(r["project_step_seconds"]),
+               "project_final_loss": r["project_losses"][-1], "plain_final_loss": r["plain_losses"][-1],
+               "max_abs_loss_diff": max(diffs) if diffs else None, "step_tokens": r["step_tokens"],
+               **{k: r[k] for k in ("project_step_seconds", "plain_step_seconds", "project_losses", "plain_losses")}}
         if rep == 0:
-            pair.update(check_same(shape, r))
-        pairs.append(pair)
-        print(f"    ratio {pair['ratio']:.3f} ({pair['project_tokens_per_second']:,.0f} vs "
-              f"{pair['plain_tokens_per_second']:,.0f} tokens/s; {pair['steps_dropped']} disturbed step pairs dropped, "
-              f"ratio over all {pair['ratio_all_steps']:.3f})", file=sys.stderr, flush=True)
+            run.update(check_same(shape, r))
+        runs.append(run)
+        print(f"    this run's ratio over all its steps {run['ratio']:.3f}", file=sys.stderr, flush=True)
         del r
     peak.measure()
-    median = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
+    tokens = runs[0]["step_tokens"]
+    assert all(run["step_tokens"] == tokens for run in runs)
+    project = [min(steps) for steps in zip(*(run["project_step_seconds"] for run in runs))]
+    plain = [min(steps) for steps in zip(*(run["plain_step_seconds"] for run in runs))]
     args = shape.args
     row = {"shape": shape.name, "note": shape.note, "parameters": shape.parameters, "flops_per_token": shape.flops_per_token,
            "block_size": shape.block_size, "batch": args.per_device_train_batch_size,
-           "gradient_accumulation_steps": accumulation, "steps": shape.steps, "warmup": a.warmup,
+           "gradient_accumulation_steps": accumulation, "steps": shape.steps, "warmup": a.warmup, "repeats": a.repeats,
            "logging_steps": args.logging_steps, "dataloader_num_workers": args.dataloader_num_workers,
-           "optim": getattr(args.optim, "value", args.optim), "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+           "optim": getattr(args.optim, "value", args.optim),
+           "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
            "train_blocks": len(shape.datasets["train"]),
-           "project_tokens_per_second": median("project_tokens_per_second"),
-           "plain_tokens_per_second": median("plain_tokens_per_second"),
-           "ratio": median("ratio"), "ratio_min": min(p["ratio"] for p in pairs), "ratio_max": max(p["ratio"] for p in pairs),
-           "ratio_all_steps": median("ratio_all_steps"), "steps_dropped": sum(p["steps_dropped"] for p in pairs),
-           "max_abs_loss_diff": max(p["max_abs_loss_diff"] for p in pairs),
-           "project_final_loss": pairs[-1]["project_final_loss"], "plain_final_loss": pairs[-1]["plain_final_loss"],
-           **{k: pairs[0][k] for k in ("same_initial_weights", "same_batches", "same_optimizer")},
+           "project_tokens_per_second": sum(tokens) / sum(project), "plain_tokens_per_second": sum(tokens) / sum(plain),
+           "ratio": sum(plain) / sum(project), "run_ratios": [run["ratio"] for run in runs],
+           "project_step_seconds": project, "plain_step_seconds": plain,
+           "max_abs_loss_diff": max(run["max_abs_loss_diff"] for run in runs),
+           "project_final_loss": runs[-1]["project_final_loss"], "plain_final_loss": runs[-1]["plain_final_loss"],
+           **{k: runs[0][k] for k in ("same_initial_weights", "same_batches", "same_optimizer")},
            "peak_flops": peak.value, "peak_readings": peak.readings, "peak_source": peak.source, "precision": peak.precision,
-           "pairs": pairs}
+           "runs": runs}
     row["mfu_project"] = speed.mfu(shape.flops_per_token, row["project_tokens_per_second"], peak.value, 1)
     row["mfu_plain"] = speed.mfu(shape.flops_per_token, row["plain_tokens_per_second"], peak.value, 1)
     return row
@@ -522,7 +520,7 @@ def table(env: dict, rows: list[dict], command: str) -> str:
     for r in rows:
         batch = f"{r['block_size']} x {r['batch']}" + (f" x {r['gradient_accumulation_steps']} accumulation"
                                                         if r["gradient_accumulation_steps"] > 1 else "")
-        ratio = f"{r['ratio']:.3f}" + (f" ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})" if len(r["pairs"]) > 1 else "")
+        ratio = f"{r['ratio']:.3f}"
         lines.append(f"| {r['shape']} | {r['parameters'] / 1e6:.2f}M | {batch} | {r['project_tokens_per_second']:,.0f} "
                      f"| {r['plain_tokens_per_second']:,.0f} | {ratio} | {fmt(r['mfu_project'], '.1%')} "
                      f"| {fmt(r['mfu_plain'], '.1%')} |")
@@ -530,10 +528,9 @@ def table(env: dict, rows: list[dict], command: str) -> str:
     for r in rows:
         peak = (f"{r['peak_source']}, best of {len(r['peak_readings'])} readings: {r['peak_flops'] / 1e9:,.0f} GFLOP/s "
                 f"(lowest {min(r['peak_readings']) / 1e9:,.0f})" if r["peak_readings"] else r["peak_source"])
-        lines.append(f"- {r['shape']}: {r['note']}. {r['steps']} timed steps after {r['warmup']} warm-up steps, "
-                     f"{len(r['pairs'])} repeat(s), median (range); {r['steps_dropped']} of {r['steps'] * len(r['pairs'])} "
-                     f"step pairs dropped as disturbed (ratio with them: {r['ratio_all_steps']:.3f}); "
-                     f"{r['train_blocks']} training blocks; optim "
+        lines.append(f"- {r['shape']}: {r['note']}. {r['steps']} timed steps after {r['warmup']} warm-up steps, each "
+                     f"step's fastest of {r['repeats']} runs on each side (each run's own ratio over all its steps: "
+                     f"{', '.join(f'{x:.3f}' for x in r['run_ratios'])}); {r['train_blocks']} training blocks; optim "
                      f"{r['optim']}, {r['lr_scheduler_type']} schedule, logging_steps {r['logging_steps']}, "
                      f"dataloader_num_workers {r['dataloader_num_workers']} (plain loop: 0). Same initial weights: "
                      f"{r['same_initial_weights']}; same batches in the same order: {r['same_batches']}; same optimizer "
@@ -567,9 +564,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run")
     parser.add_argument("--small_steps", type=int, default=None, help="timed steps per run of the small shape (default: --steps)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps at the start of each run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per shape, each a fresh interleaved pair")
-    parser.add_argument("--disturbed", type=float, default=2.0,
-                        help="drop a pair of steps that took more than this many times the median pair (0: keep all)")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per shape, each a fresh interleaved pair")
+    parser.add_argument("--disturbed", type=float, default=1.5,
+                        help="--profile: leave out a pair of steps slower than this times the lower quartile (0: keep all)")
     parser.add_argument("--small_batch", type=int, default=1,
                         help="sequences per step of the small shape on a CPU (a GPU runs the preset's 32 x 4)")
     parser.add_argument("--logging_steps", type=int, default=None, help="override the presets' logging_steps")
