@@ -66,7 +66,7 @@ def run(name: str, opts, preset: Path) -> dict:
     out_dir = Path(opts.runs) / name
     cmd = [sys.executable, "pretrain.py", str(preset), "--train_file", opts.train_file, "--validation_file", opts.validation_file,
            "--max_train_minutes", str(opts.minutes), "--output_dir", str(out_dir), "--swanlab_mode", "disabled",
-           "--disable_tqdm", "true", *resolve(VARIANTS[name], preset_values(preset))]
+           "--disable_tqdm", "true", *opts.extra.split(), *resolve(VARIANTS[name], preset_values(preset))]
     print("$ " + " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--validation_file")
     p.add_argument("--preset", default=str(REPO / "configs" / "cpu-speedrun.yaml"))
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--extra", default="", help="options added to every run, e.g. '--max_eval_samples 256' for a quicker score")
     p.add_argument("--only", default="baseline", help="comma-separated variants: " + ", ".join(VARIANTS))
     p.add_argument("--runs", default="runs/ablations")
     p.add_argument("--out", default="runs/ablations/ablations.json")
