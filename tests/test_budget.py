@@ -153,6 +153,7 @@ def test_rerunning_a_finished_budget_run_trains_no_more(budget_run):
     assert refused.returncode == 2 and "max_train_minutes=0.1" in refused.stdout and "--allow_resume_changes" in refused.stdout
 
 
+@pytest.mark.slow
 def test_max_steps_stays_an_upper_bound_and_the_schedule_still_completes(tmp_path):
     """A budget far longer than max_steps takes: the decay starts at 80% of max_steps and ends at it."""
     proc = run(budget_args(tmp_path, 10, "out", 100000, 100000, "--max_steps", 30), tmp_path)
@@ -236,7 +237,8 @@ def _wait(proc: subprocess.Popen, ready, what: str, timeout: float = 240):
     return value
 
 
-@pytest.mark.parametrize("when", ["stable", pytest.param("decay", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two launches and a kill: CI runs it (make test-all)
+@pytest.mark.parametrize("when", ["stable", "decay"])
 def test_a_killed_run_resumes_the_same_budget_and_schedule(tmp_path, when):
     """SIGKILL once a checkpoint is written (in the stable phase, or after the decay was fixed), then the same command:
     the budget continues from the checkpoint's training seconds, and every step, before and after the kill, trained at

@@ -40,6 +40,11 @@ VARIANTS = {
     "muon": ["--muon_learning_rate", "LR"],                        # Muon for the hidden matrices at AdamW's scale
     "document_attention": ["--document_attention", "true"],        # attention kept inside each document
     "torch_compile": ["--torch_compile", "true"],
+    # The winners together (what configs/cpu-speedrun.yaml became), with and without the smaller batch.
+    "combined": ["--muon_learning_rate", "LR", "--tokenizer_vocab_size", "4096",
+                 "--tokenizer_train_sample", "head", "--document_attention", "true"],
+    "combined_batch_half": ["--muon_learning_rate", "LR", "--tokenizer_vocab_size", "4096",
+                            "--tokenizer_train_sample", "head", "--document_attention", "true", "--per_device_train_batch_size", "BATCH/2"],
 }
 
 
