@@ -227,8 +227,8 @@ stream.encode = slow
 args = DataArguments(train_file=sys.argv[3], block_size=2048, validation_split_percentage=10, streaming=True)
 blocks = iter(stream.StreamingBlocks(args, tok))
 next(blocks)
+second.wait(10)  # the producer is inside its second tokenizer call (it reads ahead): close and exit while it is there
 blocks.close()
-second.wait(10)
 """
 
 
