@@ -48,6 +48,24 @@ def failure(out: str) -> str:
     return "\n".join(errors[:10]) + "\n...\n" + out[-3000:]
 
 
+def start_pretrain(args, cwd, env=None) -> subprocess.Popen:
+    """Start pretrain.py in its own session (so a test can signal it alone); a thread collects its output into
+    proc.output (a list of str) as it comes."""
+    import threading
+
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.output = []
+
+    def read():
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            proc.output.append(chunk.decode(errors="replace"))
+    proc.reader = threading.Thread(target=read, daemon=True)
+    proc.reader.start()
+    return proc
+
+
 @pytest.fixture
 def data_args(tmp_path):
     from zhpretrain.config import DataArguments

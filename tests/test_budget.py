@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 import swanlab_log
-from conftest import REPO
+from conftest import REPO, start_pretrain
 from zhpretrain import budget, config
 from zhpretrain.budget import lr_factor
 from zhpretrain.errors import UserError
@@ -214,20 +213,6 @@ def test_evaluation_and_saving_do_not_eat_the_budget(tmp_path, monkeypatch, caps
     assert re.search(r"; after training \(final evaluation, save, sample\) 0:0[1-9]", out)  # the last step's 0.5 + 0.5 s
 
 
-def _start(args, cwd: Path) -> subprocess.Popen:
-    """Start pretrain.py; a thread collects its output into proc.output as it comes."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=ONE_THREAD,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.output = []
-
-    def read():
-        while chunk := os.read(proc.stdout.fileno(), 4096):
-            proc.output.append(chunk.decode(errors="replace"))
-    proc.reader = threading.Thread(target=read, daemon=True)
-    proc.reader.start()
-    return proc
-
-
 def _wait(proc: subprocess.Popen, ready, what: str, timeout: float = 240):
     """Poll until ready() gives a value (the process still running), and return it."""
     deadline = time.time() + timeout
@@ -246,7 +231,7 @@ def test_a_killed_run_resumes_the_same_budget_and_schedule(tmp_path, when):
     minutes, save = 0.15, 5
     budget_s = minutes * 60
     args = budget_args(tmp_path, minutes, "out", save, 100000)
-    proc = _start(args, tmp_path)
+    proc = start_pretrain(args, tmp_path, env=ONE_THREAD)
     out = tmp_path / "out"
     if when == "stable":  # the first checkpoint after 30% of the budget
         def ready():

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_pretrain
+from conftest import REPO, run_pretrain, start_pretrain as start
 
 TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--logging_steps", 5,
         "--swanlab_mode", "disabled", "--dataloader_num_workers", 0]
@@ -23,21 +22,6 @@ TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start
 def common(tmp: Path, out: str, steps: int = 30, save: int = 10):
     return [*TINY, "--max_steps", steps, "--save_steps", save, "--eval_steps", steps, "--output_dir", tmp / out,
             "--cache_dir", tmp / "cache"]
-
-
-def start(args, cwd) -> subprocess.Popen:
-    """Start pretrain.py; a thread collects its output into proc.output (a list of str) as it comes."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.output = []
-
-    def read():
-        while chunk := os.read(proc.stdout.fileno(), 4096):
-            proc.output.append(chunk.decode(errors="replace"))
-    proc.reader = threading.Thread(target=read, daemon=True)
-    proc.reader.start()
-    return proc
 
 
 def wait_output(proc: subprocess.Popen, pattern: str, timeout: float = 240) -> None:
