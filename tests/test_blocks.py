@@ -4,7 +4,7 @@ import json
 import numpy as np
 import torch
 
-from zhpretrain import blocks, cache, tokenizer
+from zhpretrain.data import blocks, cache, tokenizer
 
 TEXTS = [f"第{i}篇：" + "陕西省是中国的一个省。" * (i % 7 + 1) for i in range(300)]
 

@@ -18,8 +18,10 @@ import torch
 
 import swanlab_log
 from conftest import REPO, start_pretrain
-from zhpretrain import budget, config
-from zhpretrain.budget import lr_factor
+from zhpretrain import config
+from zhpretrain.run.checkpoint import BUDGET
+from zhpretrain.train import budget
+from zhpretrain.train.budget import lr_factor
 from zhpretrain.errors import UserError
 
 PEAK, WARMUP = 2e-3, 10
@@ -47,7 +49,7 @@ def last_checkpoint(out: Path) -> Path:
 
 def saved(checkpoint: Path) -> tuple[dict, list[dict]]:
     """The checkpoint's budget state and its logged training steps (step, learning_rate)."""
-    state = json.loads((checkpoint / budget.STATE).read_text())
+    state = json.loads((checkpoint / BUDGET).read_text())
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     return state, [h for h in history if "learning_rate" in h and "loss" in h]
 
@@ -236,7 +238,7 @@ def test_a_killed_run_resumes_the_same_budget_and_schedule(tmp_path, when):
     if when == "stable":  # the first checkpoint after 30% of the budget
         def ready():
             for c in sorted(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])):
-                state = json.loads((c.parent / budget.STATE).read_text())
+                state = json.loads((c.parent / BUDGET).read_text())
                 if state["training_seconds"] > 0.3 * budget_s:
                     return c.parent
     else:  # the first checkpoint after the decay was fixed

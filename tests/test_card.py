@@ -2,7 +2,7 @@
 import json
 from types import SimpleNamespace
 
-from zhpretrain import card
+from zhpretrain.report import card
 from zhpretrain.config import DataArguments, ModelArguments
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from zhpretrain import config, console
+from zhpretrain import config
+from zhpretrain.report import console
 from zhpretrain.errors import UserError
 
 USAGE = "usage: python pretrain.py [configs/PRESET.yaml] [--option value ...]"

@@ -4,15 +4,15 @@ import json
 import pytest
 
 from conftest import DEMO, shared, write_jsonl
-from zhpretrain import data
+from zhpretrain.data import files, readers, split
 from zhpretrain.errors import UserError
 
 DOCS = [{"id": str(i), "title": f"t{i}", "tags": "", "text": f"第{i}篇文章。\u2028仍是同一行。"} for i in range(50)]
 
 
 def texts(files, **kw):
-    stats = data.ReadStats()
-    return [t for t, *_ in data.read_texts(files, kw.pop("column", None), kw.pop("skip", False), stats)], stats
+    stats = readers.ReadStats()
+    return [t for t, *_ in readers.read_texts(files, kw.pop("column", None), kw.pop("skip", False), stats)], stats
 
 
 def test_jsonl_and_json_array_read_the_same_records(tmp_path):
@@ -23,7 +23,7 @@ def test_jsonl_and_json_array_read_the_same_records(tmp_path):
 
 
 def test_json_array_is_read_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK", 64)  # elements straddle many chunk boundaries
+    monkeypatch.setattr(readers, "CHUNK", 64)  # elements straddle many chunk boundaries
     array = tmp_path / "a.json"
     array.write_text(json.dumps(DOCS, ensure_ascii=False), encoding="utf-8")
     assert texts([str(array)])[0] == [d["text"] for d in DOCS]
@@ -66,42 +66,42 @@ def test_empty_texts_are_dropped_and_counted(tmp_path):
 def test_find_files(tmp_path):
     write_jsonl(tmp_path / "b.jsonl", DOCS[:1])
     write_jsonl(tmp_path / "a.jsonl", DOCS[:1])
-    assert data.find_files(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
-    assert data.find_files(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert files.find_files(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert files.find_files(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
     with pytest.raises(UserError, match="matches no file"):
-        data.find_files(str(tmp_path / "*.parquet"))
+        files.find_files(str(tmp_path / "*.parquet"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="directory with no data files"):
-        data.find_files(str(tmp_path / "empty"))
+        files.find_files(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="does not exist"):
-        data.find_files(str(tmp_path / "nope.jsonl"))
+        files.find_files(str(tmp_path / "nope.jsonl"))
 
 
 def test_split_is_reproducible_disjoint_and_near_the_percentage(data_args):
     args = data_args(train_file=str(DEMO), validation_split_percentage=20, split_seed=1)
-    first = list(data.documents(args, data.ReadStats()))
-    assert first == list(data.documents(args, data.ReadStats()))
+    first = list(split.documents(args, readers.ReadStats()))
+    assert first == list(split.documents(args, readers.ReadStats()))
     test = [t for s, t in first if s == "test"]
     train = [t for s, t in first if s == "train"]
     assert len(test) + len(train) == len(first) and not set(test) & set(train)
     assert 0.1 < len(test) / len(first) < 0.3
-    other = [t for s, t in data.documents(data_args(train_file=str(DEMO), validation_split_percentage=20, split_seed=2),
-                                          data.ReadStats()) if s == "test"]
+    other = [t for s, t in split.documents(data_args(train_file=str(DEMO), validation_split_percentage=20, split_seed=2),
+                                          readers.ReadStats()) if s == "test"]
     assert other != test
 
 
 def test_split_by_document_count_and_validation_file(data_args, tmp_path):
     args = data_args(train_file=str(DEMO), validation_split_documents=7)
-    assert sum(s == "test" for s, _ in data.documents(args, data.ReadStats())) == 7
+    assert sum(s == "test" for s, _ in split.documents(args, readers.ReadStats())) == 7
     val = write_jsonl(tmp_path / "val.jsonl", [{"text": "验证。"}])
-    docs = list(data.documents(data_args(train_file=str(DEMO), validation_file=str(val)), data.ReadStats()))
+    docs = list(split.documents(data_args(train_file=str(DEMO), validation_file=str(val)), readers.ReadStats()))
     assert [t for s, t in docs if s == "test"] == ["验证。"]
     assert sum(s == "train" for s, _ in docs) == sum(1 for _ in open(DEMO, encoding="utf-8"))
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "txt"])
 def test_reading_resumes_at_any_yielded_position(tmp_path, monkeypatch, fmt):
-    monkeypatch.setattr(data, "CHUNK", 256)
+    monkeypatch.setattr(readers, "CHUNK", 256)
     docs = [d["text"].replace("\u2028", "，") + "数" * (i * 37 % 300) for i, d in enumerate(DOCS)]
     files = []
     for part in range(2):
@@ -119,11 +119,11 @@ def test_reading_resumes_at_any_yielded_position(tmp_path, monkeypatch, fmt):
 
             pq.write_table(pa.table({"text": chunk}), path, row_group_size=7)
         files.append(str(path))
-    everything = list(data.read_texts(files, None, False, data.ReadStats()))
+    everything = list(readers.read_texts(files, None, False, readers.ReadStats()))
     assert [t for t, *_ in everything] == docs
     for k in (1, 13, 25, 38, 49):
         _, index, offset = everything[k]
-        again = list(data.read_texts(files, None, False, data.ReadStats(), position=(index, offset)))
+        again = list(readers.read_texts(files, None, False, readers.ReadStats(), position=(index, offset)))
         assert again == everything[k:]
 
 

@@ -122,13 +122,14 @@ def test_no_rank_writes_into_output_dir_before_every_rank_has_checked_it(tmp_pat
     script.write_text(f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-import pretrain
-from zhpretrain import config, rundir
+from pathlib import Path
+from zhpretrain import config
+from zhpretrain.run import folder
 _, data_args, model_args, run_args, training_args = config.parse_args(sys.argv[1:])
-check = rundir.check_folder
-rundir.check_folder = lambda *a: (time.sleep(3 if training_args.process_index == 0 else 0), check(*a))
-_, lock = pretrain.setup(training_args, data_args, run_args)
-(pretrain.Path(training_args.output_dir) / f"written-by-rank{{training_args.process_index}}").touch()
+check = folder.check_folder
+folder.check_folder = lambda *a: (time.sleep(3 if training_args.process_index == 0 else 0), check(*a))
+_, lock = folder.setup(training_args, data_args, run_args)
+(Path(training_args.output_dir) / f"written-by-rank{{training_args.process_index}}").touch()
 lock.release()
 """)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, "--output_dir", tmp_path / "out",

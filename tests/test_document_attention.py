@@ -3,7 +3,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, default_data_collator, set_seed
 
 from conftest import REPO
-from zhpretrain.attention import DocumentAttentionCollator, document_positions
+from zhpretrain.model.attention import DocumentAttentionCollator, document_positions
 
 EOS = 7
 
@@ -36,25 +36,19 @@ def test_a_document_in_a_block_sees_only_itself():
     assert (crossing - reference).abs().max() > 0.1  # today's default: the first document leaks in
 
 
-def test_build_trainer_uses_the_collator_only_when_asked(tmp_path):
-    from transformers import TrainingArguments
-
-    from zhpretrain import tokenizer, train
+def test_the_trainer_uses_the_collator_only_when_asked():
+    from zhpretrain.data import tokenizer
+    from zhpretrain.model.attention import collator
 
     tok = tokenizer.train(iter(["长江是中国最长的河流。"] * 20), vocab_size=300, max_chars=10**6)
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    set_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(REPO / "configs" / "models" / "qwen2-demo.json"))
-    data = {"train": [], "test": []}
-    on = train.build_trainer(model, args, data, tok, [], 1.0, 1, document_attention=True)
-    off = train.build_trainer(model, args, data, tok, [], 1.0, 1)
-    assert isinstance(on.data_collator, DocumentAttentionCollator) and on.data_collator.eos_token_id == tok.eos_token_id
-    assert off.data_collator is default_data_collator
+    on, off = collator(tok.eos_token_id, True), collator(tok.eos_token_id, False)
+    assert isinstance(on, DocumentAttentionCollator) and on.eos_token_id == tok.eos_token_id
+    assert off is default_data_collator
 
 
 def test_document_attention_enters_the_run_identity_only_when_set():
-    from zhpretrain import recipe
+    from zhpretrain.run import resume
     from zhpretrain.config import DataArguments, RunArguments
 
-    assert recipe.identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
-    assert recipe.identity(DataArguments(document_attention=True), RunArguments()) == {"document_attention": True}
+    assert resume.recipe_identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
+    assert resume.recipe_identity(DataArguments(document_attention=True), RunArguments()) == {"document_attention": True}

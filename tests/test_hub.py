@@ -14,7 +14,9 @@ import pytest
 
 import pretrain
 from conftest import DEMO, REPO, run_pretrain
-from zhpretrain import hub, model, tokenizer
+from zhpretrain import hub
+from zhpretrain.data import tokenizer
+from zhpretrain.model import build as model
 from zhpretrain.errors import UserError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -131,13 +133,13 @@ def test_a_modelscope_dataset_is_read_as_files_from_its_snapshot(tmp_path, monke
     (folder / "README.md").write_text("# wiki")
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", closed_port_url())
-    from zhpretrain import data
+    from zhpretrain.data import files, readers, split
     from zhpretrain.config import DataArguments, ModelArguments
 
     data_args, model_args = DataArguments(dataset_name="modelscope:zh/wiki"), ModelArguments()
     hub.fetch(data_args, model_args)
-    assert data_args.dataset_name is None and data.find_files(data_args.train_file) == [str(folder / "data" / "train.jsonl")]
-    texts = [t for t, *_ in data.read_texts(data.find_files(data_args.train_file), None, False, data.ReadStats())]
+    assert data_args.dataset_name is None and files.find_files(data_args.train_file) == [str(folder / "data" / "train.jsonl")]
+    texts = [t for t, *_ in readers.read_texts(files.find_files(data_args.train_file), None, False, readers.ReadStats())]
     assert texts[0] == json.loads(DEMO.read_text(encoding="utf-8").splitlines()[0])["text"]
 
 
@@ -217,7 +219,7 @@ def test_init_from_starts_from_the_source_weights_and_tokenizer(continued):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zhpretrain import blocks
+    from zhpretrain.data import blocks
 
     tmp, snapshot, out, _, _ = continued
     assert "init_from: weights, shape and tokenizer from" in out and "model_config is not used" in out
@@ -379,13 +381,13 @@ def test_upload_failures_are_fast_clear_and_leave_final_intact(tmp_path, endpoin
     monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
     monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))  # where `modelscope login` keeps its session
     started = time.perf_counter()
-    assert pretrain.publish(final, "tiny-zh", None, "me/tiny-zh") == 3
+    assert hub.publish_final(final, "tiny-zh", None, "me/tiny-zh") == 3
     err = capsys.readouterr().err
     assert "not logged in to Hugging Face. Run `hf auth login`" in err and "not logged in to ModelScope" in err
     # offline: nothing listens at the endpoint any more
     monkeypatch.setattr(constants, "ENDPOINT", closed_port_url())
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", closed_port_url())
-    assert pretrain.publish(final, "me/tiny-zh", "hf-test-token", "me/tiny-zh") == 3
+    assert hub.publish_final(final, "me/tiny-zh", "hf-test-token", "me/tiny-zh") == 3
     assert time.perf_counter() - started < 5
     err = " ".join(capsys.readouterr().err.split())
     assert "Could not publish to hf:me/tiny-zh: Hugging Face (http://127.0.0.1:" in err and "cannot be reached" in err

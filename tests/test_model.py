@@ -4,8 +4,8 @@ import functools
 import pytest
 import torch
 
-from zhpretrain import model as modeling
-from zhpretrain import tokenizer
+from zhpretrain.data import tokenizer
+from zhpretrain.model import build as modeling
 from zhpretrain.config import REPO, ModelArguments
 from zhpretrain.errors import UserError
 

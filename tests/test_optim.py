@@ -6,7 +6,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, get_scheduler, set_seed
 
 from conftest import REPO
-from zhpretrain import optim, recipe, rundir
+from zhpretrain.model import optim
+from zhpretrain.run import resume
 from zhpretrain.config import DataArguments, RunArguments
 from zhpretrain.errors import UserError
 
@@ -117,7 +118,7 @@ def test_the_lr_schedule_scales_both_optimizers_also_after_a_state_round_trip(tm
 
 
 def test_the_trainer_hook_uses_muon_only_when_asked_and_schedules_it(tmp_path):
-    from zhpretrain import train
+    from zhpretrain.train import trainer as train
 
     samples = [{"input_ids": ids, "labels": ids} for ids in _batch()["input_ids"]]
 
@@ -140,7 +141,7 @@ def test_the_trainer_hook_uses_muon_only_when_asked_and_schedules_it(tmp_path):
 
 
 def test_muon_enters_the_run_identity_only_when_set():
-    assert recipe.identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
-    changed = recipe.identity(DataArguments(), RunArguments(muon_learning_rate=0.02))
+    assert resume.recipe_identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
+    changed = resume.recipe_identity(DataArguments(), RunArguments(muon_learning_rate=0.02))
     assert changed == {"muon_learning_rate": 0.02}
-    assert rundir.changes({"training": {"learning_rate": LR}}, {"training": {"learning_rate": LR, **changed}})
+    assert resume.changes({"training": {"learning_rate": LR}}, {"training": {"learning_rate": LR, **changed}})

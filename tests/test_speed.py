@@ -5,7 +5,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import REPO
-from zhpretrain import config, launch, speed
+from zhpretrain import config
+from zhpretrain.run import launch
+from zhpretrain.train import speed
 from zhpretrain.errors import UserError
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import DEMO
-from zhpretrain import stream, tokenizer
+from zhpretrain.data import stream, tokenizer
 from zhpretrain.config import DataArguments
 from zhpretrain.errors import UserError
 
@@ -117,7 +117,7 @@ def test_an_error_in_the_producer_reaches_the_consumer_unchanged_where_it_happen
         take(stream.StreamingBlocks(few, tok), 1)
     assert "found no training text" in str(threaded.value) and str(threaded.value) == str(synchronous.value)
 
-    # A bad record after some good ones: every block before it arrives first, then data.read_texts's error.
+    # A bad record after some good ones: every block before it arrives first, then readers.read_texts's error.
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "陕西省是中国的一个省。" * 8} for _ in range(150)])
     bad.write_text(bad.read_text(encoding="utf-8") + "[1]\n", encoding="utf-8")
     received, ds = [], stream.StreamingBlocks(args(train_file=str(bad)), tok)
@@ -209,7 +209,7 @@ def test_the_history_needs_to_cover_only_what_the_consumer_took(tok, monkeypatch
 
 EXIT_SCRIPT = """
 import pathlib, sys, threading, time
-from zhpretrain import stream, tokenizer
+from zhpretrain.data import stream, tokenizer
 from zhpretrain.config import DataArguments
 
 tok, calls, second = tokenizer.load(sys.argv[1]), pathlib.Path(sys.argv[2]), threading.Event()

@@ -2,7 +2,7 @@
 import random
 
 from conftest import write_jsonl
-from zhpretrain import cache, tokenizer
+from zhpretrain.data import cache, tokenizer
 from zhpretrain.config import DataArguments, ModelArguments
 
 FIRST, SECOND = "甲乙丙丁戊己庚辛壬癸", "子丑寅卯辰巳午未申酉"  # the characters of the corpus's first and second half

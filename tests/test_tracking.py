@@ -3,7 +3,7 @@ import pytest
 
 import swanlab_log
 from conftest import run_pretrain
-from zhpretrain import tracking
+from zhpretrain.report import tracking
 
 TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--logging_steps", 5,
         "--eval_steps", 10, "--save_steps", 10, "--dataloader_num_workers", 0, "--sample_prompts", "陕西省是",

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 import pretrain
 from conftest import DEMO, REPO, run_pretrain, write_jsonl
 from test_resilience import finish, start, training_started
-from zhpretrain import blocks, cache, data, model, rundir, tokenizer
+from zhpretrain.data import blocks, cache, files, readers, split, tokenizer
+from zhpretrain.model import build as model
+from zhpretrain.run import checkpoint, folder, lock, resume
 from zhpretrain.config import ModelArguments
 from zhpretrain.errors import UserError
 
@@ -141,7 +143,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("damage", ["truncated weights", "flipped optimizer byte", "missing scheduler", "garbage optimizer"])
 def test_checkpoint_problems_name_the_file(finished, tmp_path, damage):
     ck = copy_run(finished / "out" / "checkpoint-10", tmp_path / "checkpoint-10")
-    assert rundir.checkpoint_problem(ck) is None
+    assert checkpoint.checkpoint_problem(ck) is None
     if damage == "truncated weights":
         w = ck / "model.safetensors"
         w.write_bytes(w.read_bytes()[:1000])
@@ -155,10 +157,10 @@ def test_checkpoint_problems_name_the_file(finished, tmp_path, damage):
         (ck / "scheduler.pt").unlink()
         expected = "scheduler.pt is missing"
     else:  # no manifest to compare with (a run killed just before writing it): the file itself must load
-        (ck / rundir.MANIFEST).unlink()
+        (ck / checkpoint.MANIFEST).unlink()
         (ck / "optimizer.pt").write_bytes(b"not a torch file")
         expected = "optimizer.pt does not load"
-    assert expected in rundir.checkpoint_problem(ck)
+    assert expected in checkpoint.checkpoint_problem(ck)
 
 
 @pytest.mark.slow
@@ -171,7 +173,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(fini
     assert proc.returncode == 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
     assert "checkpoint-10 is incomplete or damaged (model.safetensors is" in proc.stdout
     assert "resuming from" in proc.stdout and "checkpoint-5" in proc.stdout.split("resuming from")[1].splitlines()[0]
-    assert (out / "damaged-checkpoint-10").is_dir() and rundir.checkpoint_problem(out / "checkpoint-10") is None
+    assert (out / "damaged-checkpoint-10").is_dir() and checkpoint.checkpoint_problem(out / "checkpoint-10") is None
     a, b = load_file(finished / "out" / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
@@ -199,19 +201,19 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+    (tmp_path / "out" / lock.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
                                                              "started": "2026-11-24 01:02:03", "command": "pretrain.py"}))
     proc = run_pretrain(*args(tmp_path, steps=1, save=1), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"was left by process {dead.pid} on host {socket.gethostname()}" in proc.stdout and "no longer running" in proc.stdout
-    assert (tmp_path / "out" / rundir.LOCK).read_text() == ""  # released cleanly at the end
+    assert (tmp_path / "out" / lock.LOCK).read_text() == ""  # released cleanly at the end
 
 
 def test_a_lock_held_by_a_live_process_refuses_the_run(tmp_path):
     import fcntl
 
     (tmp_path / "out").mkdir()
-    with open(tmp_path / "out" / rundir.LOCK, "w") as f:
+    with open(tmp_path / "out" / lock.LOCK, "w") as f:
         f.write(json.dumps({"host": "gpu-node-7", "pid": 4242, "started": "2026-11-24 01:02:03", "command": "pretrain.py"}))
         f.flush()
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -269,7 +271,7 @@ def test_folders_the_user_owns_are_refused(tmp_path, monkeypatch):
     msg = refused(tmp_path, *args(tmp_path, "thesis"))
     assert "already holds files that are not from a run of this project (chapter1.md, data_stats.json" in msg
     assert "--allow_existing_output_dir true" in msg and digests(mine) == before
-    assert not (mine / rundir.LOCK).exists()
+    assert not (mine / lock.LOCK).exists()
 
 
 @pytest.mark.slow
@@ -297,11 +299,11 @@ def test_data_directory_rule_skips_what_is_not_data_and_reads_compressed_files(t
     (d / "sub" / "d.txt.xz").write_bytes(lzma.compress("第一段。\n\n第二段。\n".encode()))
     for name in ("LICENSE.txt", "README.md", "dataset_info.json", ".hidden.jsonl", "sub/.git/x.json", "notes.csv"):
         (d / name).write_text("not data")
-    paths, skipped = data.data_files(str(d))
+    paths, skipped = files.data_files(str(d))
     assert [Path(p).relative_to(d).as_posix() for p in paths] == ["a.jsonl", "b.jsonl.gz", "sub/c.json.bz2", "sub/d.txt.xz"]
     assert sorted(Path(p).relative_to(d).as_posix() for p in skipped) == \
         [".hidden.jsonl", "LICENSE.txt", "README.md", "dataset_info.json", "notes.csv", "sub/.git/x.json"]
-    texts = [t for t, *_ in data.read_texts(paths, None, False, data.ReadStats())]
+    texts = [t for t, *_ in readers.read_texts(paths, None, False, readers.ReadStats())]
     assert texts == [r["text"] for r in records] * 3 + ["第一段。", "第二段。"]
 
 
@@ -311,12 +313,12 @@ def test_the_rule_looks_only_below_the_folder_given_and_a_named_file_is_read(tmp
     for name in ("a/x.jsonl", "b/x.jsonl", "b/.partial/x.jsonl"):
         (hidden_home / name).parent.mkdir(parents=True, exist_ok=True)
         (hidden_home / name).write_text('{"text": "文"}\n')
-    assert data.find_files(str(hidden_home / "*" / "x.jsonl")) == [str(hidden_home / "a/x.jsonl"), str(hidden_home / "b/x.jsonl")]
-    paths, skipped = data.data_files(str(hidden_home))  # hidden folders *below* it are still skipped
+    assert files.find_files(str(hidden_home / "*" / "x.jsonl")) == [str(hidden_home / "a/x.jsonl"), str(hidden_home / "b/x.jsonl")]
+    paths, skipped = files.data_files(str(hidden_home))  # hidden folders *below* it are still skipped
     assert paths == [str(hidden_home / "a/x.jsonl"), str(hidden_home / "b/x.jsonl")] and skipped == [str(hidden_home / "b/.partial/x.jsonl")]
     named = hidden_home / ".only.jsonl"
     named.write_text('{"text": "文"}\n')
-    assert data.find_files(str(named)) == [str(named)]
+    assert files.find_files(str(named)) == [str(named)]
 
 
 def test_a_zstd_file_without_zstandard_is_refused_by_name(tmp_path):
@@ -327,7 +329,7 @@ def test_a_zstd_file_without_zstandard_is_refused_by_name(tmp_path):
     f = tmp_path / "x.jsonl.zst"
     f.write_bytes(b"\x28\xb5\x2f\xfd")
     with pytest.raises(UserError, match=r"x.jsonl.zst is zstd-compressed .* `pip install zstandard`"):
-        data.find_files(str(f))
+        files.find_files(str(f))
 
 
 @pytest.mark.slow
@@ -396,7 +398,7 @@ def test_too_little_disk_for_a_checkpoint_stops_before_writing_with_what_was_kep
         assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
         assert "Not enough disk space to write checkpoint-2" in proc.stdout
         assert f"the newest complete checkpoint is {disk / 'out' / 'checkpoint-1'}" in proc.stdout
-        assert rundir.checkpoint_problem(disk / "out" / "checkpoint-1") is None
+        assert checkpoint.checkpoint_problem(disk / "out" / "checkpoint-1") is None
         assert not (disk / "out" / "checkpoint-2").exists()
     finally:
         unmount(disk)
@@ -460,8 +462,8 @@ def test_changes_are_listed_in_words_and_moved_files_are_the_same_data():
     entry = {"path": "/data/a.jsonl", "size": 100, "mtime_ns": 1, "sample": "x"}
     old = {"data": {"files": [entry], "split_seed": 1}, "training": {"learning_rate": 0.1}, "model": {"hidden_size": 8}}
     moved = {**old, "data": {**old["data"], "files": [{**entry, "path": "/mnt/a.jsonl", "mtime_ns": 2}]}}
-    assert rundir.changes(old, moved) == {}
+    assert resume.changes(old, moved) == {}
     grown = {"data": {"files": [{**entry, "size": 250, "sample": "y"}], "split_seed": 2}, "training": {"learning_rate": 0.2},
              "model": {"hidden_size": 8}}
-    assert rundir.changes(old, grown) == {"data": ["files: /data/a.jsonl was 100 bytes, is now 250 bytes", "split_seed: 1 -> 2"],
+    assert resume.changes(old, grown) == {"data": ["files: /data/a.jsonl was 100 bytes, is now 250 bytes", "split_seed: 1 -> 2"],
                                           "training": ["learning_rate: 0.1 -> 0.2"]}

@@ -74,7 +74,7 @@ class RunArguments:
     budget_min_lr_ratio: float = field(default=0.0, metadata={"help": "With max_train_minutes: the learning rate the decay ends at, as a fraction of learning_rate."})
 
     def __post_init__(self):
-        from .budget import check_options
+        from .train.budget import check_options
 
         check_options(self)  # a ValueError here becomes one 'Invalid arguments' line
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, cli
+from .model.sampling import continue_prompt
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -59,27 +60,6 @@ def load(model_dir, tokenizer: str | None = None, **model_kwargs):
         raise UserError(f"The tokenizer in '{tok_dir}' has {len(tok):,} tokens but the model only {model.config.vocab_size:,}: "
                         "they do not belong together. Pass the tokenizer the model was trained with (--tokenizer).")
     return model.eval(), tok
-
-
-def prompt_ids(tok, prompt: str) -> list[int]:
-    # Training saw documents joined by EOS, so a new document starts right after one.
-    return [tok.eos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
-
-
-def continue_prompt(model, tok, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
-                    top_k: int = 50, repetition_penalty: float = 1.1, seed: int | None = None, streamer=None) -> str:
-    """The prompt followed by the model's continuation (temperature 0: greedy). Stops at EOS, the end of a document."""
-    import torch
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    ids = torch.tensor([prompt_ids(tok, prompt)], device=model.device)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else dict(do_sample=False)
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             repetition_penalty=repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             streamer=streamer, **sampling)
-    return prompt + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def parse_args(argv=None):

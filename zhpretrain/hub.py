@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, report
 from .net import reachable
 
 HF, MODELSCOPE = "Hugging Face", "ModelScope"
@@ -191,10 +191,22 @@ def publish(folder: Path, target: str, token: str | None = None) -> str:
                         f"Check the token's write permission and the repo name. {again}") from None
 
 
+def publish_final(final: Path, hub_model_id: str | None, hub_token: str | None, modelscope_id: str | None) -> int:
+    """Upload final/ (already saved, with its card) to the hubs asked for; 3 when an upload failed, the model being safe."""
+    targets = [(f"hf:{hub_model_id}", hub_token)] if hub_model_id else []
+    targets += [(f"modelscope:{modelscope_id}", None)] if modelscope_id else []
+    code = 0
+    for target, token in targets:
+        try:
+            print(f"published {final} to {publish(final, target, token)}", flush=True)
+        except UserError as e:
+            report(e)
+            code = 3
+    return code
+
+
 if __name__ == "__main__":  # python -m zhpretrain.hub FOLDER TARGET: publish a saved model later
     import sys
-
-    from .errors import report
 
     if len(sys.argv) != 3:
         sys.exit("usage: python -m zhpretrain.hub FOLDER ORG/NAME|modelscope:ORG/NAME")

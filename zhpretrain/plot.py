@@ -120,7 +120,7 @@ def attention(model, tok, sentence: str, layer: int = -1):
     """(token labels, attention weights [heads, tokens, tokens]) of one layer, for EOS + the sentence as in training."""
     import torch
 
-    from .generate import prompt_ids
+    from .model.sampling import prompt_ids
 
     ids = prompt_ids(tok, sentence)
     spans = tok(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

@@ -1,17 +1,16 @@
 """Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position."""
 import atexit
-import json
 import queue
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import data
+from . import files, readers
 from .blocks import encode
-from .errors import UserError
+from .split import Split
+from ..errors import UserError
 
 BATCH_DOCS = 64  # documents per tokenizer call; a resume re-tokenizes at most one such batch
 HISTORY = 4096  # positions remembered, keyed by blocks yielded: enough for any batch the Trainer has not yet consumed
@@ -51,8 +50,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def __init__(self, args, tokenizer, rank: int = 0, world: int = 1):
         _check(args)
         self.args, self.tokenizer, self.rank, self.world = args, tokenizer, rank, world
-        self.files = args.dataset_name or data.find_files(args.train_file)
-        self.split = data.Split(args.split_seed, args.validation_split_percentage)
+        self.files = args.dataset_name or files.find_files(args.train_file)
+        self.split = Split(args.split_seed, args.validation_split_percentage)
         self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "carry": [], "skip": 0}
         self.history = OrderedDict()
         self._stop = self._thread = None  # the running iteration's producer thread and the event that stops it
@@ -71,7 +70,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def _batches(self, file: int, offset: int, ordinal: int):
         """Yield ((file, offset, ordinal) where the batch starts, this rank's training texts in it)."""
         start, texts = None, []
-        stream = data.read_texts(self.files, self.args.text_column, self.args.skip_bad_records, data.ReadStats(),
+        stream = readers.read_texts(self.files, self.args.text_column, self.args.skip_bad_records, readers.ReadStats(),
                                  self.args.dataset_config_name, position=(file, offset))
         for text, index, where in stream:
             start = start or (index, where, ordinal)
@@ -163,9 +162,9 @@ def eval_blocks(args, tokenizer, max_blocks: int):
     packed into at most max_blocks blocks and kept in memory. Returns (blocks, stats)."""
     _check(args)
     if args.validation_file:
-        source, split = data.find_files(args.validation_file, "validation_file"), None
+        source, split = files.find_files(args.validation_file, "validation_file"), None
     else:
-        source, split = args.dataset_name or data.find_files(args.train_file), data.Split(args.split_seed, args.validation_split_percentage)
+        source, split = args.dataset_name or files.find_files(args.train_file), Split(args.split_seed, args.validation_split_percentage)
     texts, tokens, pieces, stats = [], 0, [], {"documents": 0, "tokens": 0, "bytes": 0}
 
     def flush():
@@ -176,7 +175,7 @@ def eval_blocks(args, tokenizer, max_blocks: int):
         stats["bytes"] += sum(len(t.encode()) for t in texts)
         texts = []
 
-    for ordinal, (text, *_) in enumerate(data.read_texts(source, args.text_column, args.skip_bad_records, data.ReadStats(),
+    for ordinal, (text, *_) in enumerate(readers.read_texts(source, args.text_column, args.skip_bad_records, readers.ReadStats(),
                                                          args.dataset_config_name)):
         if split is None or split.is_test(ordinal):
             texts.append(text)
@@ -191,16 +190,3 @@ def eval_blocks(args, tokenizer, max_blocks: int):
     stats.update(tokens=len(flat), blocks=n, tokens_in_blocks=n * args.block_size)
     rows = torch.from_numpy(flat[:n * args.block_size].reshape(n, args.block_size).copy())
     return [{"input_ids": r, "labels": r} for r in rows], stats
-
-
-def save_position(dataset: StreamingBlocks, checkpoint: Path, blocks: int, rank: int) -> None:
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    (checkpoint / f"stream_rank{rank}.json").write_text(json.dumps(dataset.state_dict(blocks)))
-
-
-def load_position(checkpoint: str, rank: int) -> dict:
-    path = Path(checkpoint) / f"stream_rank{rank}.json"
-    if not path.is_file():
-        raise UserError(f"{checkpoint} has no stream position for rank {rank} ({path.name}): it was written by a run that "
-                        "was not streaming, or with fewer processes. Resume it the way it was started, or use a new --output_dir.")
-    return json.loads(path.read_text())

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 # How long the launcher lets the processes finish after Ctrl-C before it kills them: they save a checkpoint first,
 # and torchrun's own 30 s is too short for a large model on a slow disk.
@@ -59,3 +59,9 @@ def relaunch(cmd: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(cmd[0], cmd)
+
+
+def sharded(args) -> bool:
+    """FSDP or DeepSpeed, from the arguments or from an accelerate config: weights are split, so no rank-0-only generate."""
+    env = any(os.environ.get(v, "false").lower() == "true" for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    return bool(args.fsdp or args.deepspeed or env)

@@ -7,8 +7,11 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from . import cache, hub
-from .errors import UserError
+from .. import hub
+from . import cache
+from .readers import ReadStats
+from .split import documents
+from ..errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 TRAIN_PIECE_CHARS = 2000  # longest text the BPE trainer sees at once
@@ -95,9 +98,7 @@ def spread(texts: Iterator[str], max_chars: int) -> list[str]:
 
 def training_texts(data_args, model_args) -> Iterator[str]:
     """The training split's texts the BPE is trained on: from its start (head) or spread over all of it (spread)."""
-    from . import data
-
-    texts = (t for _, t in data.documents(data_args, data.ReadStats(), "train"))
+    texts = (t for _, t in documents(data_args, ReadStats(), "train"))
     sample = model_args.tokenizer_train_sample
     if sample not in SAMPLES:
         raise UserError(f"tokenizer_train_sample '{sample}' is not one of {', '.join(SAMPLES)}.")
@@ -198,3 +199,20 @@ def train_and_save(data_args, model_args, folder: Path) -> None:
     error = receive.recv() if receive.poll() else None
     if error:
         raise UserError(error)
+
+
+def choose(data_args, model_args, source: dict, resumed: str | None, builder: bool):
+    """The run's tokenizer, and where it came from: --tokenizer_name_or_path; else a resumed checkpoint's own (its
+    embeddings were trained for exactly that one); else the one a continued model (--init_from) brings; else a
+    byte-level BPE trained on the training split (cached; `builder` trains it, the other ranks wait for it)."""
+    root = data_args.cache_root()
+    if model_args.tokenizer_name_or_path:
+        name = model_args.tokenizer_name_or_path
+        return load(name, model_args.trust_remote_code, root), f"loaded {name}"
+    if resumed:
+        return load(resumed), f"the one saved in {resumed}"
+    if model_args.init_from:
+        return load(model_args.init_from, model_args.trust_remote_code, root), f"loaded {model_args.init_from}"
+    folder = cache_folder(root, source, model_args)
+    cache.once(folder, lambda tmp: train_and_save(data_args, model_args, tmp), builder, "tokenizer cache")
+    return load(str(folder)), f"byte-level BPE from {folder}"

@@ -1,6 +1,6 @@
 """A wall-clock budget for training (--max_train_minutes) and the end-of-run time report.
 
-The budget counts training time only: TrainingClock (train.py) pauses for evaluation (sample generation included) and
+The budget counts training time only: the trainer's Clock (clock.py) pauses for evaluation (sample generation included) and
 for checkpoint saving, and the time before the first training step (reading and tokenizing data, training the
 tokenizer, building the model) is not in it either. All of those are reported apart, in one line at the end:
 
@@ -19,22 +19,21 @@ reaches the decay point, the decay's first step and its length in steps are fixe
 seconds per step, and from then on everything runs by step: the Trainer stops at the decay's end like at max_steps
 (state.max_steps is set to it), so the last step is evaluated and saved as usual.
 
-The budget state (training seconds used, the decay once fixed) is written into every checkpoint, so Ctrl-C or a crash
-followed by the same command continues the same budget and the same schedule.
+The budget state (training seconds used, the decay once fixed) is written into every checkpoint (checkpoint.BUDGET), so
+Ctrl-C or a crash followed by the same command continues the same budget and the same schedule (run/resume.py checks
+that the settings did not change and hands the state back).
 """
-import json
 import math
 import time
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from . import console
-from .errors import UserError
-
-STATE = "zhpretrain_budget.json"  # in each checkpoint-N, written before the Trainer's trainer_state.json
-SETTINGS = ("max_train_minutes", "budget_decay_ratio", "budget_min_lr_ratio")
+from ..errors import UserError
+from ..report import console
+from ..run.checkpoint import BUDGET
+from ..run.resume import BUDGET_SETTINGS as SETTINGS
+from .clock import duration
 
 
 def check_options(run_args) -> None:
@@ -66,80 +65,34 @@ def lr_factor(step: int, warmup_steps: int, decay_start: int | None, decay_steps
     return min_lr_ratio + (start - min_lr_ratio) * (1.0 - math.sqrt(progress))
 
 
-def duration(seconds: float) -> str:
-    """m:ss, or h:mm:ss from an hour."""
-    minutes, secs = divmod(round(max(0.0, seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def finished_step(checkpoint: str | None) -> int | None:
-    """The step of a checkpoint whose budget's decay already ended (resuming it would train one step too many)."""
-    path = Path(checkpoint) / STATE if checkpoint else None
-    if path is None or not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("decay_start") is None or saved["step"] < saved["decay_start"] + saved["decay_steps"]:
-        return None
-    return saved["step"]
-
-
-_IMPORTED = time.perf_counter()
-
-
-def _process_start() -> float:
-    """When this process started (wall clock): the time before training includes importing the libraries."""
-    try:
-        import psutil  # installed with accelerate
-
-        return psutil.Process().create_time()
-    except Exception:  # no psutil: from when this module was imported
-        return time.time() - (time.perf_counter() - _IMPORTED)
-
-
 class TimeBudget(TrainerCallback):
     """The wall-clock budget (when max_train_minutes is set) and the time report (always).
 
     Attach it with attach(trainer) before console.attach: its on_train_begin sets state.max_steps before the progress
     bar reads it. It runs after Guard in on_step_end, so a checkpoint that a stop request adds also gets the state file."""
 
-    def __init__(self, run_args, checkpoint: str | None = None):
+    def __init__(self, run_args, resume=None):
         self.settings = {k: getattr(run_args, k) for k in SETTINGS}
         self.minutes, self.decay_ratio, self.min_lr_ratio = (self.settings[k] for k in SETTINGS)
         self.budget = self.minutes * 60 if self.minutes else None
-        self.trainer, self.scheduler, self.checkpoint = None, None, checkpoint
-        self.start = _process_start()
+        self.trainer, self.clock, self.scheduler = None, None, None
+        self.checkpoint = resume.checkpoint if resume else None
         # Agreed by all ranks (restored from the checkpoint, or fixed at a check): the learning-rate schedule.
         self.decay_start = self.decay_steps = self.decay_seconds = self.trigger = None
         # Totals of the launches before this one, as of the checkpoint resumed (time after it was lost and is redone).
         self.earlier = {"training": 0.0, "evaluation": 0.0, "saving": 0.0, "before": 0.0, "launches": 0}
         self.cap = self.launch_step = self.next_check = self.last_check = None
         self.ended = None  # at on_train_end: (wall time, then this launch's training, evaluation, saving, before seconds)
-        if checkpoint and (Path(checkpoint) / STATE).is_file():
-            self._restore(checkpoint, run_args)
-        elif checkpoint and self.minutes:
-            self._changed(checkpoint, dict.fromkeys(SETTINGS), run_args)
+        saved = resume.budget if resume else None  # checked against these settings by resume.check_budget
+        if saved:
+            self.earlier = {"training": saved["training_seconds"], "evaluation": saved["evaluation_seconds"],
+                            "saving": saved["saving_seconds"], "before": saved["before_training_seconds"],
+                            "launches": saved["launches"]}
+            if self.minutes:  # a decay already fixed is kept even if the budget changed: the schedule stays continuous
+                self.decay_start, self.decay_steps = saved["decay_start"], saved["decay_steps"]
+                self.decay_seconds, self.trigger = saved["decay_started_at_seconds"], saved["decay_trigger"]
 
     # ---- state in checkpoints
-
-    def _restore(self, checkpoint: str, run_args) -> None:
-        saved = json.loads((Path(checkpoint) / STATE).read_text())
-        if saved["settings"] != self.settings:
-            self._changed(checkpoint, saved["settings"], run_args)
-        self.earlier = {"training": saved["training_seconds"], "evaluation": saved["evaluation_seconds"],
-                        "saving": saved["saving_seconds"], "before": saved["before_training_seconds"], "launches": saved["launches"]}
-        if self.minutes:  # a decay already fixed is kept even if the budget changed: the schedule stays continuous
-            self.decay_start, self.decay_steps = saved["decay_start"], saved["decay_steps"]
-            self.decay_seconds, self.trigger = saved["decay_started_at_seconds"], saved["decay_trigger"]
-
-    def _changed(self, checkpoint: str, old: dict, run_args) -> None:
-        describe = lambda s: ", ".join(f"{k}={s.get(k)}" for k in SETTINGS)  # noqa: E731
-        if not run_args.allow_resume_changes:
-            raise UserError(f"{checkpoint} was trained with {describe(old)}; this run has {describe(self.settings)}. Run with "
-                            "the same values to continue its budget and learning-rate schedule, pass --allow_resume_changes "
-                            "true to change them (a decay that already started is kept), or start a new --output_dir.")
-        print(f"budget: {checkpoint} was trained with {describe(old)}; continuing with {describe(self.settings)} "
-              "(--allow_resume_changes)", flush=True)
 
     def _state(self, step: int) -> dict:
         now = self._launch()
@@ -150,29 +103,24 @@ class TimeBudget(TrainerCallback):
 
     # ---- the clock
 
+    def side_files(self, step: int) -> dict:
+        """What a checkpoint carries for the budget (written by the trainer's save, main process)."""
+        return {BUDGET: self._state(step)}
+
     def attach(self, trainer) -> None:
-        self.trainer = trainer
+        self.trainer, self.clock = trainer, trainer.clock
         trainer.budget = self
         trainer.add_callback(self)
 
     def used(self) -> float:
         """Training seconds of the whole run so far: earlier launches plus this one (this process's clock)."""
-        return self.earlier["training"] + self.trainer.clock.training_seconds()
+        return self.earlier["training"] + self.clock.training_seconds()
 
     def _launch(self) -> dict:
         """Totals so far (earlier launches plus this one); frozen when training ended."""
-        clock = self.trainer.clock if self.trainer is not None else None
-        if self.ended is not None:
-            _, training, evaluation, saving, before = self.ended
-        elif clock is None or clock.begun is None:
-            training = evaluation = saving = before = 0.0
-        else:
-            training = clock.training_seconds()
-            evaluation, saving = (clock.spent[k] + clock.before[k] for k in ("evaluation", "saving"))
-            begun_wall = time.time() - (time.perf_counter() - clock.begun)
-            before = begun_wall - self.start - sum(clock.before.values())
-        return {"training": self.earlier["training"] + training, "evaluation": self.earlier["evaluation"] + evaluation,
-                "saving": self.earlier["saving"] + saving, "before": self.earlier["before"] + before}
+        now = dict(zip(("training", "evaluation", "saving", "before"), self.ended[1:])) if self.ended is not None else \
+            self.clock.launch() if self.clock is not None else dict.fromkeys(("training", "evaluation", "saving", "before"), 0.0)
+        return {k: self.earlier[k] + v for k, v in now.items()}
 
     def _agreed(self, seconds: float, device) -> float:
         """The largest value of any rank: one all-reduce (only at check steps)."""
@@ -231,11 +179,6 @@ class TimeBudget(TrainerCallback):
             # Training ends with this step: what the Trainer does next (the last logging, evaluation and save, its
             # summary) is "after training", not training time.
             self._freeze()
-        if control.should_save and state.is_world_process_zero:
-            # Before the Trainer writes the checkpoint (and trainer_state.json, our "complete" mark, last): see RunShape.
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / STATE).write_text(json.dumps(self._state(state.global_step), indent=1))
 
     def _check(self, args, state) -> None:
         """All ranks, at the same step: fix the decay once its time has come, or choose the next check step."""
@@ -268,7 +211,7 @@ class TimeBudget(TrainerCallback):
         self._freeze()  # when no step said it was the last one
 
     def _freeze(self) -> None:
-        if self.ended is not None or self.trainer.clock.begun is None:
+        if self.ended is not None or self.clock.begun is None:
             return
         launch = self._launch()
         self.ended = (time.time(), *(launch[k] - self.earlier[k] for k in ("training", "evaluation", "saving", "before")))
@@ -295,7 +238,7 @@ class TimeBudget(TrainerCallback):
         if launches > 1:
             line += f" (over {launches} launches, each resumed from its last checkpoint)"
         elif not self.ended:
-            line += f" (nothing left to train in this launch: {duration(time.time() - self.start)})"
+            line += f" (nothing left to train in this launch: {duration(time.time() - self.clock.process_start)})"
         console.write(line)
         names = {"training": "training", "evaluation": "evaluation", "saving": "saving", "before": "before_training"}
         metrics = {f"time/{names[k]}_minutes": v / 60 for k, v in totals.items()}

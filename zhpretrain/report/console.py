@@ -1,11 +1,12 @@
 """The console: one compact line per Trainer log and every message written above the progress bar, and the same lines
 appended to output_dir/train.log."""
 import datetime
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback
+
+from ..train.clock import duration
 
 _log_file: Path | None = None  # train.log of this run, on the main process only
 
@@ -16,10 +17,6 @@ def write(line: str) -> None:
     if _log_file is not None:
         with open(_log_file, "a", encoding="utf-8") as f:  # opened per line: a killed run loses nothing, a resume appends
             f.write(line + "\n")
-
-
-def _duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def format_log(logs: dict, step: int, max_steps: int, eta: float | None = None) -> str:
@@ -34,7 +31,7 @@ def format_log(logs: dict, step: int, max_steps: int, eta: float | None = None) 
             parts.append(f"{logs['eval_runtime']:.1f}s")
         return " | ".join(parts)
     if "train_runtime" in logs:  # the summary the Trainer logs when train() returns
-        parts = [f"train done at step {step}", f"{_duration(logs['train_runtime'])}"]
+        parts = [f"train done at step {step}", f"{duration(logs['train_runtime'], hours=True)}"]
         if "train_loss" in logs:
             parts.append(f"mean loss {logs['train_loss']:.4f}")
         return " | ".join(parts)
@@ -45,20 +42,18 @@ def format_log(logs: dict, step: int, max_steps: int, eta: float | None = None) 
     skip = set(known) | {"epoch", "step", "tokens_seen", "total_flos"}
     parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k not in skip]
     if eta is not None:
-        parts.append(f"ETA {_duration(eta)}")
+        parts.append(f"ETA {duration(eta, hours=True)}")
     return " | ".join(parts)
 
 
 class ConsoleProgress(ProgressCallback):
     """The Trainer's progress bar, with its raw `{'loss': '6.123', ...}` log lines replaced by format_log's."""
 
-    def __init__(self, bar: bool = True):
+    def __init__(self, clock, bar: bool = True):
         super().__init__()
-        self.bar = bar  # False with --disable_tqdm: lines only
-        self._start = None  # (time, step) when this process started training: a resumed run's rate is its own
+        self.clock, self.bar = clock, bar  # bar False with --disable_tqdm: lines only
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._start = (time.perf_counter(), state.global_step)
         if self.bar:
             super().on_train_begin(args, state, control, **kwargs)
 
@@ -76,15 +71,9 @@ class ConsoleProgress(ProgressCallback):
         if self.bar and self.training_bar is not None:
             super().on_train_end(args, state, control, **kwargs)
 
-    def eta(self, state) -> float | None:
-        if self._start is None or state.max_steps <= 0 or state.global_step <= self._start[1]:
-            return None
-        elapsed, done = time.perf_counter() - self._start[0], state.global_step - self._start[1]
-        return (state.max_steps - state.global_step) * elapsed / done  # evaluations included: they are part of the wait
-
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            eta = self.eta(state) if "loss" in logs else None
+            eta = self.clock.eta(state.global_step, state.max_steps) if "loss" in logs else None
             write(format_log(logs, state.global_step, state.max_steps, eta))
 
 
@@ -93,7 +82,7 @@ def attach(trainer, output_dir: Path, main_process: bool) -> None:
     global _log_file
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ConsoleProgress(bar=not trainer.args.disable_tqdm))
+    trainer.add_callback(ConsoleProgress(trainer.clock, bar=not trainer.args.disable_tqdm))
     _log_file = Path(output_dir) / "train.log" if main_process else None
     if main_process:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

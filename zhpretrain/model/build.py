@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
-from .config import REPO
-from .errors import UserError
+from ..config import REPO
+from ..errors import UserError
 
 VOCAB_MULTIPLE = 64  # tensor cores and fused kernels prefer embedding rows in multiples of 64
 
@@ -180,3 +180,14 @@ def count_parameters(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     return {"parameters": total, "embedding_parameters": sum(embeddings.values()),
             "non_embedding_parameters": total - sum(embeddings.values())}
+
+
+def build(model_args, training_args, tok, block_size: int, resume):
+    """The model: random init, or the weights of a checkpoint that already finished. Returns (model, parameter counts)."""
+    config = build_config(model_args, tok, block_size)
+    model = build_model(config, training_args.seed, weights=resume.checkpoint if resume.done else None,
+                        init_from=model_args.init_from, tokens=len(tok), pad_token_id=tok.pad_token_id)
+    params = count_parameters(model)
+    print(f"model: {config.model_type}, {params['parameters'] / 1e6:.2f}M parameters ({params['embedding_parameters'] / 1e6:.2f}M "
+          f"embedding, {params['non_embedding_parameters'] / 1e6:.2f}M other)", flush=True)
+    return model, params

@@ -86,3 +86,16 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
 def mfu(flops_token: float, tokens_per_second: float, peak: float | None, devices: int) -> float | None:
     """Model FLOPs utilisation: the share of the devices' peak that the model's own arithmetic uses."""
     return flops_token * tokens_per_second / (peak * devices) if peak else None
+
+
+def hardware(model, block_size: int, training_args, peak_tflops: float | None, main_process: bool):
+    """(model FLOPs per token, the peak FLOP/s of one device, or None): what MFU is measured against."""
+    device = training_args.device
+    precision = ("bf16" if training_args.bf16 else "fp16" if training_args.fp16 else
+                 "tf32" if device.type == "cuda" and training_args.tf32 else "fp32")
+    flops = flops_per_token(model, block_size)
+    peak, source = peak_flops(device, precision, peak_tflops)
+    if main_process:
+        print(f"speed: {flops / 1e6:,.1f} MFLOPs per token; peak " +
+              (f"{peak / 1e12:,.2f} TFLOPS per device ({source})" if peak else f"unknown ({source}): no MFU logged"), flush=True)
+    return flops, peak

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 22

@@ -13,7 +13,8 @@ the same for both."""
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
+from ..run.launch import sharded
 
 MUON_ADJUST_LR = "match_rms_adamw"
 
@@ -87,8 +88,6 @@ def create_optimizer(model: nn.Module, training_args, muon_learning_rate: float)
     (none for biases and norms)."""
     from transformers import Trainer
     from transformers.trainer_optimizer import is_optimizer_factory
-
-    from .train import sharded
 
     if sharded(training_args):
         raise UserError("--muon_learning_rate does not work with FSDP or DeepSpeed: Muon orthogonalises whole matrices, "

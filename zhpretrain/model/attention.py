@@ -11,7 +11,7 @@ eager and flex masks; flash attention uses its variable-length kernels instead).
 document's start too. Models switch a KV cache on by default (config.use_cache), even in training, and an empty cache
 turns this detection off: the collator passes use_cache=False.
 
-Positions restart AT each EOS: the EOS opens the document after it, as in generation (generate.prompt_ids puts an EOS
+Positions restart AT each EOS: the EOS opens the document after it, as in generation (sampling.prompt_ids puts an EOS
 before the prompt). The last token of a document still learns to predict the EOS, from its own document, and the EOS
 predicts the next document's first token from nothing but itself, as a BOS does."""
 import torch
@@ -36,3 +36,10 @@ class DocumentAttentionCollator:
         batch["position_ids"] = document_positions(batch["input_ids"], self.eos_token_id)
         batch["use_cache"] = False
         return batch
+
+
+def collator(eos_token_id: int, document_attention: bool):
+    """The Trainer's data collator: document attention's when asked, else the default one."""
+    from transformers import default_data_collator
+
+    return DocumentAttentionCollator(eos_token_id) if document_attention else default_data_collator

@@ -4,7 +4,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .net import reachable
+from ..net import reachable
 
 MODES = ("cloud", "local", "offline", "disabled")
 ID_FILE = "swanlab_id"  # in the output_dir: a resumed or re-run run continues this SwanLab run
@@ -74,7 +74,7 @@ def resolve_mode(requested: str | None) -> str:
     mode = (requested or os.environ.get("SWANLAB_MODE") or ("cloud" if logged_in() else "local")).lower()
     mode = "cloud" if mode == "online" else mode
     if mode not in MODES:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"swanlab_mode '{mode}' is not one of {', '.join(MODES)}.")
     return mode

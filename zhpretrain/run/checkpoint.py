@@ -1,0 +1,118 @@
+"""Checkpoints: which one is really complete (every file loads and matches its manifest), the files this project
+writes into each beside the Trainer's own, and its step when it already finished."""
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+from ..data import cache
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+MANIFEST = "zhpretrain_manifest.json"
+# The side files, written just before the Trainer writes its own (and trainer_state.json, the mark of a complete
+# checkpoint, last), read back only through read_side (resume.py decides what they mean).
+SHAPE = "zhpretrain_shape.json"  # the global batch (resume.check_shape)
+BUDGET = "zhpretrain_budget.json"  # the time budget's clock and schedule (train/budget.py)
+STREAM = "stream_rank{rank}.json"  # each rank's stream position (data/stream.py)
+
+
+def write_json(path: Path, value) -> None:
+    """Write a whole file or nothing: a run killed mid-write leaves the old file, never a cut one."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def write_side_files(folder: Path, files: dict) -> None:
+    """This process's side files ({name: JSON value}) into checkpoint folder, before the Trainer's save."""
+    if files:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, value in files.items():
+            write_json(folder / name, value)
+
+
+def read_side(checkpoint: str, name: str) -> dict | None:
+    """A side file of checkpoint, or None when it has none."""
+    path = Path(checkpoint) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None when the checkpoint's state, weights, optimizer and scheduler load (and match their manifest); else what is wrong."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json: {getattr(e, 'strerror', None) or e}"
+    try:
+        promised = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        promised = {}  # killed between the Trainer's save and ours: the loads below still decide
+    except (OSError, ValueError):
+        return f"{MANIFEST} is unreadable"
+    found = cache.problems(path, promised)
+    if found:
+        return found[0]
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    sharded = any(path.glob("pytorch_model_fsdp_*")) or any(path.glob("optimizer_*")) or any(path.glob("global_step*"))
+    if not weights and not sharded:
+        return "no weights file (model.safetensors)"
+    try:
+        for f in weights:
+            if f.suffix == ".safetensors":
+                with safe_open(f, "pt") as handle:
+                    handle.keys()
+            else:
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        if not sharded:
+            for name in ("optimizer.pt", "scheduler.pt"):
+                f = path / name
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # safetensors, zip and pickle errors have many types: any failure to load means damaged
+        return f"{f.name} does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
+def last_checkpoint(output_dir: Path, move_aside: bool = False) -> str | None:
+    """The newest checkpoint that really loads. Newer ones that do not are skipped with a warning naming the file, and the
+    main process moves them aside (`move_aside`: damaged-checkpoint-N), so the Trainer neither resumes nor rotates them."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir())
+    for _, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        partial = not (path / "trainer_state.json").exists()  # the Trainer writes it last: the run died while saving
+        aside = path.parent / f"damaged-{path.name}"
+        if move_aside:
+            if partial:
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # kept for a look: it was whole once
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(path, aside)
+        done = "" if not move_aside else " (removed: its run died while writing it)" if partial else f" (moved to {aside.name})"
+        warnings.warn(f"{path} is incomplete or damaged ({problem}); skipping it{done}.", stacklevel=1)
+    return None
+
+
+def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
+    """The step of a checkpoint already at this run's last step (the Trainer would train one step more on resume)."""
+    if not checkpoint:
+        return None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    last = max_steps if max_steps > 0 else state["max_steps"]  # epoch-based runs: the total the Trainer computed then
+    return state["global_step"] if 0 < last <= state["global_step"] else None
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """Sizes and digests of the checkpoint's state, weights, optimizer and scheduler, so later damage is noticed."""
+    files = [p for p in checkpoint.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt")
+                                                                 or p.name == "trainer_state.json")]
+    write_json(checkpoint / MANIFEST, cache.manifest(files, checkpoint))
+
