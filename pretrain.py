@@ -55,14 +55,14 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
 
     main_process, block_size = training_args.process_index == 0, data_args.block_size
     # Where the run continues from, decided before any tokenizing: a resume that cannot work is refused at once.
-    key = prepare.source(data_args)
-    shape = training.global_batch(training_args, block_size, data_args.streaming)
+    shape = training.global_batch(training_args, block_size, data_args.streaming, run_args.global_batch_tokens)
     config = build.check_shape(model_args, block_size)  # an impossible shape fails here, not hours later
-    start = resume.decide(output_dir, key, config, shape, data_args, run_args, training_args, main_process)
+    start = resume.decide(output_dir, data_args, run_args, training_args, config, shape)
     # Documents -> train | test -> tokenizer -> token blocks.
-    tok, datasets, meta = prepare.prepare(data_args, model_args, key, start, builder=training_args.local_process_index == 0,
+    tok, datasets, meta = prepare.prepare(data_args, model_args, start.source, start,
+                                          builder=training_args.local_process_index == 0,
                                           rank=training_args.process_index, world=training_args.world_size)
-    start.record(output_dir, blocks.tokenizer_digest(tok), main_process)
+    start.record(output_dir, blocks.tokenizer_digest(tok))
     stats = prepare.describe(meta, output_dir, main_process)
     # The model, and room on disk for what it will write.
     model, params = build.build(model_args, training_args, tok, block_size, start)

@@ -71,6 +71,7 @@ class RunArguments:
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
     max_train_minutes: float | None = field(default=None, metadata={"help": "Wall-clock budget of training time in minutes (evaluation, saving and data preparation not counted): training ends inside it with the learning rate decayed (warmup-stable-decay); max_steps stays an upper bound."})
     budget_decay_ratio: float = field(default=0.2, metadata={"help": "With max_train_minutes: the share of the budget (by time) over which the learning rate decays (1-sqrt), at the end."})
+    global_batch_tokens: int | None = field(default=None, metadata={"help": "Tokens per optimizer step over all processes. When set, gradient_accumulation_steps (and, if needed, a smaller per_device_train_batch_size) is derived from it and the number of processes, so a preset trains the same schedule on 1, 2, 8 or 16 GPUs. Default: per device x accumulation x processes."})
     budget_min_lr_ratio: float = field(default=0.0, metadata={"help": "With max_train_minutes: the learning rate the decay ends at, as a fraction of learning_rate."})
 
     def __post_init__(self):

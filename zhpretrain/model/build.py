@@ -174,10 +174,16 @@ def build_model(config, seed: int, weights: str | None = None, init_from: str | 
                         "Check --model_config and --config_overrides.") from None
 
 
+def numel(p) -> int:
+    """A parameter's real size: under DeepSpeed ZeRO-3 each rank holds an empty placeholder (numel 0) whose size is
+    ds_numel; an FSDP2 DTensor already reports its global size."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
 def count_parameters(model) -> dict:
-    embeddings = {id(p): p.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+    embeddings = {id(p): numel(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
                   for p in m.parameters()}
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(numel(p) for p in model.parameters())
     return {"parameters": total, "embedding_parameters": sum(embeddings.values()),
             "non_embedding_parameters": total - sum(embeddings.values())}
 
