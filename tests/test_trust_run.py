@@ -23,7 +23,8 @@ from zhpretrain.errors import UserError
 from zhpretrain.run import folder, lock
 
 TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--logging_steps", 1,
-        "--dataloader_num_workers", 0, "--tokenizer_vocab_size", 512]
+        "--dataloader_num_workers", 0, "--tokenizer_vocab_size", 512, "--max_eval_samples", 8, "--per_device_eval_batch_size", 8,
+        "--sample_prompts", "数学是"]
 
 
 def tiny(tmp: Path, out: str = "out", steps: int = 2, *extra):
@@ -47,6 +48,7 @@ def holding(root: Path, secret: str) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_secrets_reach_no_file_no_console_no_tracker(tmp_path):
     """A real run with a token on the command line and secrets in the environment, SwanLab offline; then every file
     under the run's folders and HOME, and the console, is searched for each secret."""
@@ -163,11 +165,12 @@ def test_a_bad_value_end_to_end_is_one_paragraph_before_any_work(tmp_path):
 
 # ---- class 7: what is printed is true; final/ is whole or absent; a run folder is proven by our files
 
+@pytest.mark.slow
 def test_ctrl_c_after_training_says_what_was_saved(tmp_path):
     """SIGINT once final/ is saved (while the sample is generated): the message names what is on disk."""
-    argv = [REPO / "configs/demo.yaml", *tiny(tmp_path, "out", 3), "--swanlab_mode", "disabled", "--max_new_tokens", 900]
+    argv = [REPO / "configs/demo.yaml", *tiny(tmp_path, "out", 3), "--swanlab_mode", "disabled", "--max_new_tokens", 200]
     proc = start_pretrain(argv, tmp_path)
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while "final: eval_loss" not in "".join(proc.output):
         assert proc.poll() is None and time.time() < deadline, "".join(proc.output)[-3000:]
         time.sleep(0.05)
@@ -180,6 +183,7 @@ def test_ctrl_c_after_training_says_what_was_saved(tmp_path):
     assert "checkpoint-3" in out and str(tmp_path / "out" / "final") in out, out[-2000:]
 
 
+@pytest.mark.slow
 def test_final_is_never_left_without_its_card(tmp_path, monkeypatch):
     """A failure (a kill, a full disk) after the weights and before the card: no final/ at all, and the next run writes
     it whole."""
