@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
-from ..config import REPO
+from ..config import REPO, SHAPE_RANGES, out_of_range
 from ..errors import UserError
 
 VOCAB_MULTIPLE = 64  # tensor cores and fused kernels prefer embedding rows in multiples of 64
@@ -90,7 +90,7 @@ def check_config(config, model_args, block_size: int) -> None:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    problems = []
+    problems = out_of_range(config, SHAPE_RANGES)  # a zero or negative size (the checks below skip zeros)
     if heads and hidden and hidden % heads and (getattr(config, "head_dim", None) or hidden // heads) * heads != hidden:
         problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: each head would be "
                         f"{hidden / heads:g} wide")
