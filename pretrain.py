@@ -120,8 +120,11 @@ if __name__ == "__main__":
         sys.exit(f"\nerror: zhpretrain needs Python >= 3.10; this is Python {sys.version.split()[0]} ({sys.executable}).\n")
     if os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")  # one console: rank 0 speaks for the launch; every rank's errors still show (stderr)
-    if not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
-        print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
+    if {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
+        from zhpretrain import config
+
+        config.parse_args(sys.argv[1:])  # prints the help and exits; the short one before torch is imported
+    print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source line
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars under our progress bar

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
 
 from . import usage
 from .errors import UserError
@@ -77,7 +75,14 @@ class RunArguments:
     budget_min_lr_ratio: float = field(default=0.0, metadata={"help": "With max_train_minutes: the learning rate the decay ends at, as a fraction of learning_rate."})
 
 
-ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)
+OWN_CLASSES = (DataArguments, ModelArguments, RunArguments)
+
+
+def argument_classes() -> tuple:
+    """Ours and the Trainer's: imported only once parsing needs them (importing transformers takes seconds, --help none)."""
+    from transformers import TrainingArguments
+
+    return (*OWN_CLASSES, TrainingArguments)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ def _version(text: str) -> tuple[int, int]:
 
 def check_versions(namespace) -> None:
     """Refuse, in one paragraph naming the version found and the one needed, what would crash at start-up."""
+    import torch
     import transformers
 
     found = torch.__version__.split("+")[0]
@@ -250,6 +256,8 @@ def load_preset(path: Path, valid: set[str]) -> dict:
 def precision(bf16: bool, fp16: bool) -> tuple[bool, bool]:
     """(bf16, fp16) this device really runs: bf16 only where the GPU has it natively (torch's is_bf16_supported() also
     counts emulation, which is slower than fp32), fp16 with loss scaling on a GPU without it, fp32 on a CPU. Printed once."""
+    import torch
+
     if not (bf16 or fp16):
         return False, False
     if not torch.cuda.is_available():
@@ -268,14 +276,18 @@ def precision(bf16: bool, fp16: bool) -> tuple[bool, bool]:
 def parse_args(argv: list[str] | None = None):
     """Return (data, model, run, training) arguments from an optional YAML preset plus command-line overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if ("-h" in argv or "--help" in argv) and "--help-all" not in argv:
+        print(usage.short_help(OWN_CLASSES, REPO / "configs"))  # before torch and transformers are imported: at once
+        raise SystemExit(0)
+    import torch
+    from transformers import HfArgumentParser
+
+    classes = argument_classes()
     # exit_on_error=False: a bad value raises, and becomes one line below instead of argparse's 129-line usage.
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False, exit_on_error=False, usage=usage.USAGE)
-    valid = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    parser = HfArgumentParser(classes, allow_abbrev=False, exit_on_error=False, usage=usage.USAGE)
+    valid = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
     if "--help-all" in argv:
         parser.print_help()
-        raise SystemExit(0)
-    if "-h" in argv or "--help" in argv:
-        print(usage.short_help(parser, REPO / "configs"))
         raise SystemExit(0)
     preset, argv, note = _choose_preset(argv, parser)
     defaults = load_preset(preset, valid)
@@ -311,7 +323,7 @@ def parse_args(argv: list[str] | None = None):
         namespace.use_cpu = True  # without it, TrainingArguments ignores torchrun's process group on a CPU-only machine
     try:
         data, model, run, training = (cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
-                                      for cls in ARGUMENT_CLASSES)
+                                      for cls in classes)
     except ValueError as e:
         raise UserError(f"Invalid arguments: {e}") from None
     data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file) or None
