@@ -24,20 +24,19 @@ if fault == "listing" and rank == 1:  # this rank's view of the shared folder sh
     from zhpretrain.run import checkpoint
     checkpoint.last_checkpoint = lambda *a, **k: None
 if fault == "slow_save":
-    import transformers
+    from zhpretrain.run import checkpoint
     from zhpretrain.train.trainer import PretrainTrainer
-    save, train = transformers.Trainer._save_checkpoint, PretrainTrainer.train
-    def slow_save(self, *a, **k):
-        if rank == 0:
-            time.sleep(2.0)  # a slow disk on the rank that writes
-        return save(self, *a, **k)
+    save, train = checkpoint.write_manifest, PretrainTrainer.train
+    def slow_save(*a, **k):
+        time.sleep(2.0)  # a slow disk under rank 0's digests of the checkpoint (only rank 0 writes the manifest)
+        return save(*a, **k)
     def train_and_record(self, *a, **k):
         result = train(self, *a, **k)
         record = {{"training": self.clock.training_seconds(), **self.clock.spent}}
         with open(os.path.join(self.args.output_dir, f"clock-rank{{rank}}.json"), "w") as f:
             f.write(json.dumps(record))
         return result
-    transformers.Trainer._save_checkpoint, PretrainTrainer.train = slow_save, train_and_record
+    checkpoint.write_manifest, PretrainTrainer.train = slow_save, train_and_record
 sys.argv = [{pretrain!r}, *sys.argv[1:]]
 runpy.run_path({pretrain!r}, run_name="__main__")
 """
@@ -92,9 +91,9 @@ def test_a_rank_that_lists_no_checkpoint_still_resumes_where_rank_0_decided(tmp_
 
 
 def test_rank_0s_slow_saves_are_not_training_time_on_any_rank(tmp_path):
-    # Rank 0 takes 2 s more for each of its 3 saves. Without the barriers inside the trainer's save, rank 1 goes on to
-    # its next step and waits for rank 0 in the gradient all-reduce: 6 s on its training clock, which the time budget
-    # (the largest clock of any rank) would count as training.
+    # Rank 0 takes 2 s more for each of its 3 saves (after the Trainer's own files, whose save ends in a barrier of its
+    # own). Without the barriers inside our save, rank 1 goes on to its next step and waits for rank 0 in the gradient
+    # all-reduce: 6 s on its training clock, which the time budget (the largest clock of any rank) counts as training.
     proc = faulty(tmp_path, "slow_save", *TINY, "--per_device_train_batch_size", 4, "--max_steps", 6, "--save_steps", 2,
                   "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", timeout=400)
     assert proc.returncode == 0, failure(proc.stdout)
