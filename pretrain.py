@@ -68,7 +68,11 @@ def interrupted(output_dir) -> str:
 
     final, good = output_dir / "final", checkpoint.last_checkpoint(output_dir)
     saved = [f"{final} holds a saved model"] if (final / "README.md").is_file() else []
-    saved.append(f"the newest complete checkpoint is {good}" if good else "no checkpoint was saved yet")
+    if good:
+        saved.append(f"the newest complete checkpoint is {good}")
+    if not saved:
+        return ("interrupted before training started or before its first checkpoint; nothing was saved. Run the same "
+                "command to start again.")
     return f"interrupted: {'; '.join(saved)}. Run the same command to {'continue' if good else 'start again'}."
 
 
