@@ -65,11 +65,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def check_eval_split(test: dict, block_size: int) -> None:
+def check_eval_split(test: dict, block_size: int, train_duplicates: int = 0) -> None:
     if test["blocks"] == 0:
+        copies = (f" The training split holds {train_duplicates:,} copies of texts it already has: identical texts stay "
+                  "on one side of the split, so with few distinct texts little or nothing is held out.") if train_duplicates else ""
         raise UserError(f"The evaluation split has {test['tokens']:,} tokens in {test['documents']:,} documents, fewer than "
                         f"one block of {block_size}. Raise --validation_split_percentage, give a --validation_file, "
-                        "or lower --block_size.")
+                        f"or lower --block_size.{copies}")
 
 
 def prepare(data_args, model_args, key: dict, resume, builder: bool, rank: int = 0, world: int = 1):
@@ -112,7 +114,7 @@ def prepare(data_args, model_args, key: dict, resume, builder: bool, rank: int =
               "validation_file held out from the training data, or leave validation_file out: the split of the "
               "train_file keeps identical texts on one side.", flush=True)
     datasets = blocks.datasets(folder, meta)
-    check_eval_split(meta["stats"]["test"], data_args.block_size)
+    check_eval_split(meta["stats"]["test"], data_args.block_size, meta["stats"]["train"].get("duplicates", 0))
     if len(datasets["train"]) == 0:
         raise UserError(f"The training split has {meta['stats']['train']['tokens']:,} tokens, fewer than one block of "
                         f"{data_args.block_size}. Give more data or lower --block_size.")
