@@ -1,7 +1,6 @@
 """Split the documents into train and test (a seeded hash of each text, or the --validation_file), yielding each with
 its split, and count what would make held-out numbers mean less: duplicate texts, validation text seen in training."""
 import hashlib
-import heapq
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -22,9 +21,8 @@ class Split:
     The text alone decides, so a document stays on its side however the data around it grows, shrinks or is reordered
     (a resume on grown data never moves trained text into evaluation), and identical texts always share a side."""
 
-    def __init__(self, seed: int, percentage: float, threshold: int | None = None):
-        self.seed = seed
-        self.threshold = round(percentage / 100 * 2**64) if threshold is None else threshold
+    def __init__(self, seed: int, percentage: float):
+        self.seed, self.threshold = seed, round(percentage / 100 * 2**64)
 
     def hash(self, data: bytes) -> int:
         """The seeded hash of a document's UTF-8 bytes."""
