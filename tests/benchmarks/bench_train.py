@@ -48,9 +48,15 @@ os.environ.setdefault("SWANLAB_MODE", "disabled")
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-import pretrain  # noqa: E402
-from zhpretrain import blocks, config, console, speed, tracking, train  # noqa: E402
-from zhpretrain import model as modeling  # noqa: E402
+from zhpretrain import config  # noqa: E402
+from zhpretrain.data import blocks, prepare  # noqa: E402
+from zhpretrain.model import build as modeling  # noqa: E402
+from zhpretrain.report import tracking  # noqa: E402
+from zhpretrain.run import folder  # noqa: E402
+from zhpretrain.run.resume import Resume  # noqa: E402
+from zhpretrain.train import speed  # noqa: E402
+from zhpretrain.train import trainer as training  # noqa: E402
+from zhpretrain.train.callbacks import GracefulStop  # noqa: E402
 
 # The demo preset as shipped. The small preset's model at its block_size, on the demo corpus (the full dump it names is
 # not shipped): the model keeps its 16k vocabulary (a BPE trained on 200 kB stops short of 16k tokens). On a CPU one
@@ -61,6 +67,12 @@ SHAPES = {
               "args": ["--train_file", "data/demo-zhwiki.jsonl", "--validation_split_percentage", "10",
                        "--config_overrides", "vocab_size=16000"],
               "note": "configs/small.yaml's model and block_size on data/demo-zhwiki.jsonl, vocab_size kept at 16000"},
+    "tutorial": {"preset": "configs/tutorial.yaml",
+                 "args": ["--train_file", "data/demo-zhwiki.jsonl", "--validation_split_percentage", "10",
+                          "--config_overrides", "vocab_size=16000"],
+                 "note": "configs/tutorial.yaml's model and block_size on data/demo-zhwiki.jsonl, vocab_size 16000"},
+    "tiny": {"preset": "configs/demo.yaml", "args": ["--block_size", "32", "--per_device_train_batch_size", "4"],
+             "note": "configs/demo.yaml with 32-token blocks and 4 sequences per step: the reduced mode of the tests"},
 }
 
 
@@ -100,17 +112,18 @@ def sync(device) -> None:
 class Shape:
     """One shape: its arguments, its data (prepared once by the project, cached) and its model config."""
 
-    def __init__(self, name: str, a, workdir: Path):
+    def __init__(self, name: str, a, workdir: Path, extra: tuple = (), attn_implementation: str | None = None):
         self.name, self.a, self.workdir, self.runs = name, a, workdir, 0
+        self.attn_implementation = attn_implementation  # None: the model config's own
         spec = SHAPES[name]
-        self.preset, self.extra, self.note = str(REPO / spec["preset"]), list(spec["args"]), spec["note"]
-        if name == "small" and not torch.cuda.is_available():
+        self.preset, self.extra, self.note = str(REPO / spec["preset"]), list(spec["args"]) + list(extra), spec["note"]
+        if name in ("small", "tutorial") and not torch.cuda.is_available() and a.small_batch:
             self.extra += ["--per_device_train_batch_size", str(a.small_batch), "--gradient_accumulation_steps", "1"]
             self.note += f"; on this CPU a step is {a.small_batch} sequence(s), not the preset's 32 x 4 accumulation"
         self.steps = a.small_steps if name == "small" else a.steps
         _, self.data_args, self.model_args, _, self.args = self.parse()
-        source = pretrain.data_source(self.data_args)
-        self.tok, self.datasets, _ = pretrain.prepare_data(self.data_args, self.model_args, source, builder=True)
+        key = prepare.source(self.data_args)
+        self.tok, self.datasets, _ = prepare.prepare(self.data_args, self.model_args, key, Resume(None, {}), builder=True)
         self.block_size = self.data_args.block_size
         self.bytes_per_token = blocks.label_bytes_per_token(self.datasets["test"], self.tok)
         self.config = modeling.build_config(self.model_args, self.tok, self.block_size)
@@ -129,7 +142,12 @@ class Shape:
             return config.parse_args(argv)
 
     def new_model(self, seed: int):
-        return modeling.build_model(self.config, seed)
+        return self.kernel(modeling.build_model(self.config, seed))
+
+    def kernel(self, model):
+        if self.attn_implementation:
+            model.set_attn_implementation(self.attn_implementation)
+        return model
 
 
 class Phases:
@@ -312,30 +330,26 @@ class Interleave(TrainerCallback):
 
 
 def run_pair(shape: Shape, warmup: int, steps: int, plain: bool = True, project_phases: Phases | None = None,
-             plain_phases: Phases | None = None) -> dict:
-    """The Trainer exactly as pretrain.run builds it (callbacks, console; no SwanLab, evaluation or checkpoints), with
-    the plain loop stepped in between its steps."""
+             plain_phases: Phases | None = None, hooks: tuple = ()) -> dict:
+    """The Trainer exactly as pretrain.py builds it (train.trainer.build: callbacks, console; no SwanLab, evaluation or
+    checkpoints), with the plain loop stepped in between its steps. hooks: functions called with the built Trainer."""
     shape.runs += 1
     total, timed = warmup + steps, range(warmup + 1, warmup + steps + 1)
     _, data_args, model_args, run_args, training_args = shape.parse(str(shape.workdir / f"run-{shape.runs}"), total)
-    output_dir, lock = pretrain.setup(training_args, data_args, run_args)
+    output_dir, lock = folder.setup(training_args, data_args, run_args)
     try:
-        tok, datasets = shape.tok, shape.datasets
-        model, params, _ = pretrain.build(model_args, training_args, tok, data_args.block_size, None)
+        tok, datasets, resume = shape.tok, shape.datasets, Resume(None, {})
+        model, params = modeling.build(model_args, training_args, tok, data_args.block_size, resume)
+        shape.kernel(model)
         loop = PlainLoop(shape, total, timed, plain_phases) if plain else None
-        run_shape = train.RunShape(pretrain.batch_shape(training_args, data_args.block_size, data_args.streaming))
-        tokens_per_step = run_shape.shape["sequences_per_step"] * data_args.block_size
+        batch = training.global_batch(training_args, data_args.block_size, data_args.streaming)
         run = tracking.start(run_args, training_args, main_process=True, config={})
-        stop = train.GracefulStop()
-        samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
-                                       enabled=not train.sharded(training_args))
-        guard = train.Guard(stop, params["parameters"])
-        callbacks = [stop, guard, run_shape, samples, train.Manifest()] + ([run.callback] if run.callback else [])
+        stop = GracefulStop()
+        trainer = training.build(model, tok, datasets, batch, resume, stop, run, params, (data_args, run_args, training_args))
         interleave = Interleave(training_args.device, loop, timed, project_phases)
-        trainer = train.build_trainer(model, training_args, datasets, tok, callbacks + [interleave],
-                                      shape.bytes_per_token, tokens_per_step)
-        guard.trainer = trainer
-        console.attach(trainer, output_dir, True)
+        trainer.add_callback(interleave)
+        for hook in hooks:
+            hook(trainer)
 
         # Instrumentation: keep a reference to each micro-batch's loss and input_ids (no copy, no device work).
         losses, batches = [], []
