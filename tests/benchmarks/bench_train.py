@@ -254,7 +254,10 @@ class PlainLoop:
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_train_batch_size,
                                                   sampler=EpochSampler(len(dataset), seed))
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
-        self.forward, self.backward = self.model, (lambda loss: loss.backward())
+        # Compiled as the Trainer compiles it with --torch_compile (accelerate: torch.compile of the model).
+        self.forward = torch.compile(self.model, backend=args.torch_compile_backend or "inductor",
+                                     mode=args.torch_compile_mode) if args.torch_compile else self.model
+        self.backward = lambda loss: loss.backward()
         self.clip, self.step_optimizer = torch.nn.utils.clip_grad_norm_, self.optimizer.step
         if phases:
             self.forward, self.backward = phases.wrap("forward", self.forward), phases.wrap("backward", self.backward)
@@ -307,11 +310,18 @@ class Interleave(TrainerCallback):
     def __init__(self, device, plain: PlainLoop | None, timed: range, phases: Phases | None = None):
         self.device, self.plain, self.timed, self.phases = device, plain, timed, phases
         self.end, self.resume = {}, {}
+        self.peak_bytes = {"project": None, "plain": None}  # CUDA only: the most allocated during each side's steps
+
+    def _peak(self, side: str) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes[side] = max(self.peak_bytes[side] or 0, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def on_step_end(self, args, state, control, **kwargs):
         k = state.global_step
         sync(self.device)
         self.end[k] = time.perf_counter()
+        self._peak("project")
         if self.phases and self.timed.start - 1 <= k < self.timed.stop - 1:  # project step k + 1 is timed
             self.phases.new_step()
             self.phases.start()
@@ -320,6 +330,7 @@ class Interleave(TrainerCallback):
         if self.plain is not None:
             self.plain.step()
             sync(self.device)
+            self._peak("plain")
         self.resume[k] = time.perf_counter()
 
     def project_steps(self) -> list[float]:
@@ -379,10 +390,11 @@ def run_pair(shape: Shape, warmup: int, steps: int, plain: bool = True, project_
         lock.release()
     result = {"project_seconds": sum(interleave.project_steps()), "project_step_seconds": interleave.project_steps(), "project_losses": [float(v) for v in losses],
               "project_batches": batches, "project_model": trainer.model, "project_optimizer": trainer.optimizer,
-              "training_args": training_args}
+              "training_args": training_args, "project_peak_bytes": interleave.peak_bytes["project"]}
     if loop:
         result.update(plain_seconds=sum(interleave.plain_steps()), plain_step_seconds=interleave.plain_steps(), plain_losses=[float(v) for v in loop.losses],
                       plain_batches=loop.batches, plain_model=loop.model, plain_optimizer=loop.optimizer,
+                      plain_peak_bytes=interleave.peak_bytes["plain"],
                       step_tokens=loop.step_tokens[warmup:total])  # an epoch's last batch may be short
     return result
 

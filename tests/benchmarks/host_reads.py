@@ -8,7 +8,7 @@ Reads made while a DataLoader starts an epoch or produces a batch are not counte
 import collections
 import contextlib
 import functools
-import traceback
+import sys
 
 import torch
 import torch.utils.data.dataloader as dataloader
@@ -72,11 +72,13 @@ class HostReads:
 
 
 def _site(method: str) -> str:
-    """The innermost frame outside torch and this file: who asked for the value."""
-    for frame in reversed(traceback.extract_stack()[:-2]):
-        if "/torch/" not in frame.filename and frame.filename != __file__:
-            return f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno} ({method})"
-    return f"? ({method})"
+    """The innermost frame outside torch and this file: who asked for the value (frames, not traceback: no source read)."""
+    frame = sys._getframe(2)
+    while frame is not None and ("/torch/" in frame.f_code.co_filename or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None:
+        return f"? ({method})"
+    return f"{frame.f_code.co_filename.split('site-packages/')[-1]}:{frame.f_lineno} ({method})"
 
 
 class PerStep(TrainerCallback):
