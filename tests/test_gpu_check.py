@@ -26,4 +26,4 @@ def test_reduced_gpu_check_runs_and_reports(tmp_path, monkeypatch, capsys):
     assert row["host_reads_per_plain_step"] == 0, row["host_read_sites"]
     assert row["cuda_syncs_per_plain_step"] is None  # no CUDA here
     assert any(sites for sites in row["host_read_sites"].values())  # the logging steps do read the loss back
-    assert "| tiny | sdpa | off |" in capsys.readouterr().out
+    assert "| tiny | sdpa | off | off |" in capsys.readouterr().out

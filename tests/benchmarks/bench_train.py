@@ -598,6 +598,8 @@ def main() -> None:
     parser.add_argument("--small_batch", type=int, default=1,
                         help="sequences per step of the small shape on a CPU (a GPU runs the preset's 32 x 4)")
     parser.add_argument("--logging_steps", type=int, default=None, help="override the presets' logging_steps")
+    parser.add_argument("--extra", default="", help="more pretrain.py options for every shape, e.g. "
+                        "'--per_device_train_batch_size 4 --gradient_accumulation_steps 4'")
     parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "zhpretrain-bench-cache"),
                         help="where the project caches the tokenizers and token blocks")
     parser.add_argument("--profile", action="store_true", help="also show where each side's step time goes")
@@ -619,7 +621,7 @@ def main() -> None:
         for name in names:
             print(f"{name}: preparing data ...", file=sys.stderr, flush=True)
             with quiet(not a.verbose):
-                shape = Shape(name, a, Path(tmp) / name)
+                shape = Shape(name, a, Path(tmp) / name, tuple(a.extra.split()))
             args = shape.args
             precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "tf32" if args.tf32 else "fp32"
             rows.append(bench_shape(shape, a, Peak(device, precision)))

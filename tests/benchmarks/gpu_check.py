@@ -4,7 +4,9 @@
     python tests/benchmarks/gpu_check.py --reduced      # a CPU: the tiny shape, a few steps (tests/test_gpu_check.py)
 
 For the small and tutorial shapes in bf16 (their presets, on data/demo-zhwiki.jsonl; see bench_train.SHAPES), and for
-each attention kernel installed (sdpa; flash_attention_2 when flash-attn is) with torch.compile off and on, it runs
+each attention kernel installed (sdpa; flash_attention_2 when flash-attn is) with torch.compile off and on, and Liger's
+fused linear + cross-entropy where liger-kernel is installed (project side only), and the presets' 32 x 4
+micro-batches also as 128 x 1 (the same tokens per optimizer step), it runs
 the project's Trainer path and a plain PyTorch loop on the same shape, weights, batches and optimizer, interleaved
 step by step (bench_train.run_pair), and reports per configuration:
 - tokens/s and MFU of each side, and their ratio (target: project >= 0.98 of plain);
@@ -18,6 +20,7 @@ Configurations run cheapest first; one that would not finish inside --budget_min
 """
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import sys
@@ -88,10 +91,13 @@ def per_plain_step(counts: dict, steps: PerStep, timed: range) -> float | None:
     return sum(counts.get(k, 0) for k in plain) / len(plain) if plain else None
 
 
-def measure(name: str, kernel: str, compiled: bool, a, workdir: Path, device) -> dict:
-    extra = ("--torch_compile", "true") if compiled else ()
+def measure(name: str, kernel: str, compiled: bool, liger: bool, split: tuple, a, workdir: Path, device) -> dict:
+    extra = (("--torch_compile", "true") if compiled else ()) + (("--use_liger_kernel", "true") if liger else ())
+    if split:
+        extra += ("--per_device_train_batch_size", str(split[0]), "--gradient_accumulation_steps", str(split[1]))
+    folder = f"{name}-{kernel}-{int(compiled)}-{int(liger)}-{'x'.join(map(str, split)) or 'preset'}"
     with bench_train.quiet(not a.verbose):
-        shape = bench_train.Shape(name, a, workdir / f"{name}-{kernel}-{int(compiled)}", extra, kernel)
+        shape = bench_train.Shape(name, a, workdir / folder, extra, kernel)
     args = shape.args
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     peak = bench_train.Peak(device, precision)
@@ -105,7 +111,7 @@ def measure(name: str, kernel: str, compiled: bool, a, workdir: Path, device) ->
     seconds = time.perf_counter() - start
     tokens = sum(r["step_tokens"])
     project, plain = tokens / sum(r["project_step_seconds"]), tokens / sum(r["plain_step_seconds"])
-    row = {"shape": name, "attn_implementation": kernel, "torch_compile": compiled, "precision": precision,
+    row = {"shape": name, "attn_implementation": kernel, "torch_compile": compiled, "liger": liger, "precision": precision,
            "parameters": shape.parameters, "block_size": shape.block_size, "batch": args.per_device_train_batch_size,
            "gradient_accumulation_steps": args.gradient_accumulation_steps, "warmup": a.warmup, "steps": shape.steps,
            "logging_steps": args.logging_steps, "seconds": seconds,
@@ -130,12 +136,13 @@ def table(env: dict, rows: list[dict], skipped: list[str], command: str) -> str:
              f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, accelerate {env['accelerate']}"
              + (f", flash-attn {env['flash_attn']}" if env.get("flash_attn") else ", no flash-attn"),
              f"command: {command}", "",
-             "| shape | kernel | compile | batch | project tok/s | plain tok/s | ratio | MFU project | MFU plain "
+             "| shape | kernel | compile | Liger | batch | project tok/s | plain tok/s | ratio | MFU project | MFU plain "
              "| CUDA syncs / plain step | host reads / plain step | peak GiB project / plain | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     gib = lambda b: fmt(b / 2**30 if b is not None else None, ".2f")  # noqa: E731
     for r in rows:
         lines.append(f"| {r['shape']} | {r['attn_implementation']} | {'on' if r['torch_compile'] else 'off'} "
+                     f"| {'on' if r['liger'] else 'off'} "
                      f"| {r['block_size']} x {r['batch']} x {r['gradient_accumulation_steps']} "
                      f"| {r['project_tokens_per_second']:,.0f} | {r['plain_tokens_per_second']:,.0f} | {r['ratio']:.3f} "
                      f"| {fmt(r['mfu_project'], '.1%')} | {fmt(r['mfu_plain'], '.1%')} "
@@ -171,23 +178,32 @@ def main(argv=None) -> dict:
     flash = importlib.util.find_spec("flash_attn") is not None and device.type == "cuda"
     kernels = ["sdpa"] + (["flash_attention_2"] if flash and not a.reduced else [])
     compiles = [False] if a.reduced else [False, True]
-    # Cheapest first: every shape uncompiled, then compiled (minutes of compilation each).
-    plan = [(c, k, n) for c in compiles for k in kernels for n in names]
+    # Liger's fused linear + cross-entropy (the project side only: the plain loop keeps torch's), where installed.
+    liger = importlib.util.find_spec("liger_kernel") is not None and device.type == "cuda" and not a.reduced
+    # Cheapest first: every shape uncompiled, then Liger, then compiled (minutes of compilation each).
+    # The presets' 32 x 4 micro-batches, and the same 65,536 tokens per step as 128 x 1 (less Python per token).
+    plan = [(False, k, False, (), n) for k in kernels for n in names]
+    plan += [(False, "sdpa", False, (128, 1), n) for n in names if not a.reduced]
+    plan += [(False, "sdpa", True, (), n) for n in names if liger]
+    plan += [(True, k, False, (), n) for k in kernels for n in names if True in compiles]
     env = bench_train.environment()
+    if liger:
+        env["liger_kernel"] = importlib.metadata.version("liger-kernel")
     if flash:
         env["flash_attn"] = importlib.import_module("flash_attn").__version__
     rows, skipped, longest = [], [], {}
     command = "python tests/benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        for compiled, kernel, name in plan:
+        for compiled, kernel, fused, split, name in plan:
             left = a.budget_minutes * 60 - (time.perf_counter() - started)
             guess = longest.get((name, compiled), longest.get((name, False), 0)) * (3 if compiled and (name, True) not in longest else 1)
-            label = f"{name} {kernel} compile {'on' if compiled else 'off'}"
+            label = (f"{name} {kernel} compile {'on' if compiled else 'off'}" + (" Liger" if fused else "")
+                     + (f" {split[0]} x {split[1]}" if split else ""))
             if guess > left:
                 skipped.append(f"{label} (about {guess:.0f} s expected, {left:.0f} s of the budget left)")
                 continue
             print(f"{label} ...", file=sys.stderr, flush=True)
-            row = measure(name, kernel, compiled, a, Path(tmp), device)
+            row = measure(name, kernel, compiled, fused, split, a, Path(tmp), device)
             longest[(name, compiled)] = max(longest.get((name, compiled), 0), row["seconds"])
             rows.append(row)
     text = table(env, rows, skipped, command)
