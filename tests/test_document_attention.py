@@ -60,6 +60,20 @@ def test_a_kernel_that_cannot_keep_documents_apart_is_refused():
         collator(EOS, True, "some_hub_kernel")
 
 
+def test_sliding_window_models_keep_their_own_masks():
+    """A full causal mask from the collator would undo a sliding window: such models get Transformers' own masks, and
+    document attention is refused for them."""
+    from zhpretrain.model.attention import windowed
+
+    plain = AutoConfig.from_pretrained(REPO / "configs" / "models" / "qwen2-demo.json")
+    sliding = AutoConfig.from_pretrained(REPO / "configs" / "models" / "qwen2-demo.json", sliding_window=16,
+                                         layer_types=["full_attention"] * 2 + ["sliding_attention"] * 2)
+    assert not windowed(plain) and windowed(sliding), sliding.layer_types
+    assert collator(EOS, False, "sdpa", windowed(sliding)) is default_data_collator
+    with pytest.raises(UserError, match="sliding-window layers"):
+        collator(EOS, True, "sdpa", windowed(sliding))
+
+
 KERNELS = ["eager", "sdpa",
            pytest.param("flash_attention_2", marks=pytest.mark.skipif(not importlib.util.find_spec("flash_attn") or
                                                                        not torch.cuda.is_available(), reason="no flash-attn")),

@@ -21,7 +21,7 @@ So the collator builds, on the host where the batch already is, what each kernel
   to predict the next row's first token;
 - flex_attention: position_ids only; Transformers builds its block mask from them, for any batch size (it reads them
   back once per forward pass).
-Any other kernel is refused with --document_attention (collator()): it might silently mix documents."""
+Any other kernel, and any model with sliding-window layers, is refused with --document_attention (collator()): it might silently mix documents."""
 import torch
 from transformers import default_data_collator
 
@@ -93,13 +93,24 @@ class AttentionCollator:
         return batch
 
 
-def collator(eos_token_id: int, document_attention: bool, kernel: str = "sdpa"):
-    """The Trainer's data collator for this attention kernel (the model's config._attn_implementation)."""
-    if kernel not in DOCUMENT_KERNELS:
+def windowed(config) -> bool:
+    """Whether some layers attend through a sliding window or chunks, which a full causal mask from here would undo."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return any(t != "full_attention" for t in types)
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
+
+
+def collator(eos_token_id: int, document_attention: bool, kernel: str = "sdpa", window: bool = False):
+    """The Trainer's data collator for this attention kernel (the model's config._attn_implementation); window: the
+    model has sliding-window layers (windowed()), whose masks Transformers builds itself."""
+    if kernel not in DOCUMENT_KERNELS or window:
         if document_attention:
+            why = (f"this model uses '{kernel}', which might let them attend to each other silently" if not window else
+                   "this model has sliding-window layers, whose masks would lose either the window or the documents")
             raise UserError(f"--document_attention needs an attention kernel that can keep packed documents apart "
-                            f"({', '.join(sorted(DOCUMENT_KERNELS))}); this model uses '{kernel}', which might let them "
-                            "attend to each other silently. Set attn_implementation to sdpa (or flash_attention_2 where "
-                            "installed) in --config_overrides or the model's config.json, or leave --document_attention off.")
-        return default_data_collator  # a kernel we do not know builds its own mask, from the batch as it is
+                            f"({', '.join(sorted(DOCUMENT_KERNELS))}) and no sliding-window layers; {why}. Set "
+                            "attn_implementation to sdpa (or flash_attention_2 where installed) in the model's config.json, "
+                            "use a model without sliding windows, or leave --document_attention off.")
+        return default_data_collator  # Transformers builds the mask itself, from the batch as it is
     return AttentionCollator(eos_token_id, document_attention, kernel)

@@ -135,7 +135,8 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
         train_dataset=datasets["train"],
         eval_dataset=datasets["test"],
         processing_class=tok,
-        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention, model.config._attn_implementation),
+        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention, model.config._attn_implementation,
+                                        attention.windowed(model.config)),
         callbacks=[stop, guard, samples] + ([tracker.callback] if tracker.callback else []),
         bytes_per_token=blocks.label_bytes_per_token(datasets["test"], tok),  # exactly the tokens evaluated
         tokens_per_step=shape["sequences_per_step"] * data_args.block_size,
