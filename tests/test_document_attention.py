@@ -130,3 +130,17 @@ def test_document_attention_enters_the_run_identity_only_when_set():
 
     assert resume.recipe_identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
     assert resume.recipe_identity(DataArguments(document_attention=True), RunArguments()) == {"document_attention": True}
+
+
+def test_flash_gets_one_row_with_the_boundaries_of_rows_and_documents():
+    """What the variable-length flash kernel is given (it cannot run here): one row of B x T tokens, the start of every
+    row and document in cu_seq_lens, the longest piece, and no label that would cross from one row into the next."""
+    ids = torch.tensor([[5, 6, EOS, 8, 9], [1, 2, 3, 4, 5]])
+    batch = AttentionCollator(EOS, True, "flash_attention_2")([{"input_ids": r, "labels": r} for r in ids])
+    assert batch["input_ids"].tolist() == [[5, 6, EOS, 8, 9, 1, 2, 3, 4, 5]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1, 2, 3, 4]]
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 2, 5, 10]
+    assert batch["max_length_q"] == batch["max_length_k"] == 5
+    assert batch["labels"].tolist() == [[-100, 6, EOS, 8, 9, -100, 2, 3, 4, 5]]
+    plain = AttentionCollator(EOS, False, "flash_attention_2")([{"input_ids": r, "labels": r} for r in ids])
+    assert plain["cu_seq_lens_q"].tolist() == [0, 5, 10] and "attention_mask" not in plain
