@@ -72,6 +72,11 @@ class PretrainTrainer(Trainer):
             schedule.base_lrs = base
             schedule._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's total_flos: our FLOPs per token (speed.flops_per_token, computed once) times the tokens. The
+        Trainer's own count walks every parameter on every micro-step."""
+        return int(self.flops_per_token * inputs["input_ids"].numel())
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and self.budget is not None and self.budget.minutes:  # see budget.py
             self.lr_scheduler = self.budget.make_scheduler(optimizer or self.optimizer, self.args.get_warmup_steps(num_training_steps))
@@ -152,6 +157,10 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
     """The Trainer with every callback, the time budget, the console and the side files in their order."""
     data_args, run_args, training_args = args
     main_process = training_args.process_index == 0
+    # The Trainer's NaN filter evaluates `isnan(loss) or isinf(loss)` as a Python bool on every micro-step: a host-device
+    # synchronisation on a GPU. PretrainTrainer.training_step counts non-finite losses on the device instead, and Guard
+    # stops the run on one at the next logging step, where the logged loss would have hidden it (the filter replaces it).
+    training_args.logging_nan_inf_filter = False
     if data_args.streaming:
         training_args.ignore_data_skip = True  # the stream restores its own position: no replay of skipped batches
     samples = callbacks.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, tracker.log_samples,
@@ -171,7 +180,8 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
         train_dataset=datasets["train"],
         eval_dataset=datasets["test"],
         processing_class=tok,
-        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention),
+        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention, model.config._attn_implementation,
+                                        attention.windowed(model.config)),
         callbacks=[stop, guard, samples] + ([tracker.callback] if tracker.callback else []),
         bytes_per_token=blocks.label_bytes_per_token(datasets["test"], tok),  # exactly the tokens evaluated
         tokens_per_step=shape["sequences_per_step"] * data_args.block_size,
