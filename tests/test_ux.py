@@ -112,7 +112,8 @@ def test_ctrl_c_during_generation_keeps_the_text_and_exits_130(run):
     rest, err = proc.communicate(timeout=60)
     out, err = (seen + rest).decode(), err.decode()
     assert proc.returncode == 130 and "Traceback" not in err and "threading" not in err, err
-    assert out.startswith(seen.decode(errors="ignore")) and out.endswith("\n") and "\ufffd" not in out
+    assert out.startswith(seen.decode(errors="ignore")) and out.endswith("\n")
+    assert not out.rstrip("\n").endswith("\ufffd")  # no character cut in half (an invalid byte the model chose stays)
     assert len(out.strip()) < len("长江是") + 1000  # interrupted, not finished
 
 
@@ -124,3 +125,124 @@ def test_generate_help_names_one_default_per_option():
     options = re.split(r"\n  (?=-)", proc.stdout.split("options:", 1)[1])
     assert len(options) >= 9 and all(o.count("(default:") <= 1 for o in options), options
     assert "(default: None)" not in proc.stdout
+
+
+# --- samples are text ---
+
+def test_a_character_cut_by_the_byte_level_decode_is_dropped_and_control_characters_shown(run):
+    from transformers import AutoTokenizer
+
+    from zhpretrain.model.sampling import decode
+
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    ids = tok("长江鬣", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[:-1]).endswith("\ufffd")  # the case is real: 鬣 is several byte tokens, the last one missing
+    assert decode(tok, ids[:-1]) == "长江" and decode(tok, ids) == "长江鬣"
+    assert decode(tok, tok("a\x00b\x1b[2Jc\n\td", add_special_tokens=False)["input_ids"]) == "a\u2400b\u241b[2Jc\n\td"
+
+
+def test_training_samples_are_printed_and_logged_as_text(run):
+    import swanlab_log
+
+    lines = [line for line in (run / "train.log").read_text(encoding="utf-8").splitlines() if "sample @ step" in line]
+    assert len(lines) == 3 * 3 + 1  # three prompts at each of three evaluations, then the final sample
+    texts = [line.split(": ", 1)[1] for line in lines]
+    for text in texts:
+        assert text[0] in "陕长数" and not text.endswith("\ufffd"), text  # the prompt, not a repr's quote
+        assert not [c for c in text if ord(c) < 32 or ord(c) == 127], text
+    logged = swanlab_log.texts(swanlab_log.run_dirs(run.parent / "swanlog")[-1])
+    assert [t for _, items in logged["samples"] for t in items] == texts[:-1]
+
+
+# --- make demo, the demo preset's comment, generate --help ---
+
+def test_make_demo_runs_the_demo_preset_even_with_the_corpus_in_data(tmp_path, monkeypatch):
+    from zhpretrain import config
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO / "data" / "demo-zhwiki.jsonl", tmp_path / "data")
+    (tmp_path / "data" / "wikipedia-zh-cn-20240820.json").write_text('[{"text": "长江是中国最长的河流。"}]', encoding="utf-8")
+    # -o: the venv counts as installed, so only the demo's own command is printed (-n: printed, not run).
+    proc = subprocess.run(["make", "-n", "-o", ".venv/.runtime", "demo"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [command] = [line.split() for line in proc.stdout.splitlines() if "pretrain.py" in line]
+    args = command[command.index("pretrain.py") + 1:]
+    monkeypatch.chdir(tmp_path)
+    assert config.parse_args([])[1].train_file == "data/wikipedia-zh-cn-20240820.json"  # the stand-in is picked up
+    assert config.parse_args(args)[1].train_file == "data/demo-zhwiki.jsonl"
+
+
+def test_the_demo_presets_parameter_count_is_the_trained_models(run):
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run / "final")  # the tiny run trains the demo preset
+    count = sum(p.numel() for p in model.parameters())
+    [comment] = re.findall(r"([\d.]+)M parameters", (REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    assert comment == f"{count / 1e6:.2f}", (comment, count)
+
+
+# --- a correct resume looks correct ---
+
+def test_a_resume_of_a_tied_model_says_nothing_about_missing_lm_head(tmp_path):
+    from conftest import run_pretrain
+
+    common = ["--block_size", 32, "--per_device_train_batch_size", 4, "--eval_strategy", "no", "--eval_on_start", "false",
+              "--logging_steps", 1, "--save_steps", 2, "--max_new_tokens", 2, "--output_dir", tmp_path / "out",
+              "--cache_dir", tmp_path / "cache", "--swanlab_mode", "disabled"]
+    first = run_pretrain(*common, "--max_steps", 2, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:]
+    second = run_pretrain(*common, "--max_steps", 3, "--allow_resume_changes", "true", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "resuming from" in second.stdout and (tmp_path / "out" / "checkpoint-3").is_dir()  # a real resume
+    assert "missing keys" not in second.stdout and "lm_head" not in second.stdout, second.stdout[-3000:]
+
+
+def test_an_untied_models_missing_head_is_still_reported():
+    import logging
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from zhpretrain.report.console import TiedHeadFilter
+
+    record = lambda: logging.LogRecord("transformers.trainer", logging.WARNING, "", 0,  # noqa: E731
+                                       "There were missing keys in the checkpoint model loaded: ['lm_head.weight'].", None, None)
+    tied = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(REPO / "configs/models/qwen2-demo.json"))
+    untied = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(REPO / "configs/models/qwen2-demo.json",
+                                                                         tie_word_embeddings=False))
+    assert not TiedHeadFilter(tied).filter(record()) and TiedHeadFilter(untied).filter(record())
+
+
+# --- plot writes where it should, after checking what it needs ---
+
+def git_status():
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_plot_writes_into_the_runs_own_folder_and_leaves_the_repository_alone(run, tmp_path):
+    fresh = tmp_path / "demo"
+    shutil.copytree(run, fresh)
+    before, pictures = git_status(), {p: p.read_bytes() for p in (REPO / "images").glob("*.png")}
+    proc = tool("plot", fresh)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (fresh / "images").iterdir()) == ["attention.png", "curves.png", "lr_schedule.png", "rope.png"]
+    assert git_status() == before and {p: p.read_bytes() for p in (REPO / "images").glob("*.png")} == pictures
+    again = tool("plot", fresh / "final")  # given the model folder: still the run's images/, not final/ (it is published)
+    assert again.returncode == 0 and not (fresh / "final" / "images").exists(), again.stderr[-3000:]
+
+
+def test_plot_without_a_chromium_for_swanlog_writes_nothing(run, tmp_path):
+    fresh = tmp_path / "demo"
+    shutil.copytree(run, fresh)
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no chromium on this PATH
+    proc = subprocess.run([sys.executable, "-m", "zhpretrain.plot", str(fresh), "--swanlog", str(run.parent / "swanlog")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    one_paragraph(proc, "Chromium", "Nothing was written")
+    assert not (fresh / "images").exists()
+    proc = tool("plot", fresh, "--swanlog", tmp_path / "no-swanlog-here")
+    one_paragraph(proc, "runs.swanlab", "nothing was written")
+    assert not (fresh / "images").exists()
