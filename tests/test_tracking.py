@@ -31,8 +31,8 @@ def test_the_dashboard_shows_the_watched_curves_first_and_no_bookkeeping(tmp_pat
     assert curves[:7] == ["eval/loss", "eval/bits_per_byte", "eval/perplexity", "train/loss", "train/learning_rate",
                           "train/grad_norm", "train/tokens_per_second"], charts
     assert "samples" in charts and all(c.startswith("time/") for c in curves[7:]), charts  # budget.py's summary, last
-    [run_dir] = swanlog_log.run_dirs(root / "swanlog")
-    logged = set(swanlog_log.scalars(run_dir))
+    [run_dir] = swanlab_log.run_dirs(root / "swanlog")
+    logged = set(swanlab_log.scalars(run_dir))
     assert not {k for k in logged if "epoch" in k or "global_step" in k or "runtime" in k or "per_second" in k and
                 "tokens" not in k or "tokens_seen" in k or "flos" in k or k.startswith("single_value/")}, logged
 
