@@ -151,7 +151,7 @@ def test_training_samples_are_printed_and_logged_as_text(run):
         assert text[0] in "陕长数" and not text.endswith("\ufffd"), text  # the prompt, not a repr's quote
         assert not [c for c in text if ord(c) < 32 or ord(c) == 127], text
     logged = swanlab_log.texts(swanlab_log.run_dirs(run.parent / "swanlog")[-1])
-    assert [t for _, items in logged["samples"] for t in items] == texts[:-1]
+    assert [t.replace("\n", "\u23ce") for _, items in logged["samples"] for t in items] == texts[:-1]
 
 
 # --- make demo, the demo preset's comment, generate --help ---

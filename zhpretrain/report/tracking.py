@@ -93,8 +93,8 @@ class Run:
         from .console import write
 
         texts = [printable(t) for t in texts]  # no control character reaches the console or the dashboard
-        for text in texts:  # above the progress bar; a text of several lines keeps them, indented under the first
-            write(f"{label} @ step {step}: " + text.replace("\n", "\n    "))
+        for text in texts:  # above the progress bar, one line each (train.log is read line by line): a newline shows as ⏎
+            write(f"{label} @ step {step}: " + text.replace("\n", "\u23ce"))
         if self.swanlab is not None:
             self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
 
