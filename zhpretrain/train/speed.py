@@ -62,7 +62,7 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
                 if value is None:
                     return None, f"{name} has no {precision} tensor cores"
                 return value * 1e12, f"{name} datasheet, {precision} dense"
-        return None, f"{name} is not in the peak table (zhpretrain/speed.py): give --peak_tflops"
+        return None, f"{name} is not in the peak table (zhpretrain/train/speed.py): give --peak_tflops"
     if device.type == "cpu":
         # No datasheet peak to look up (cores, clocks and vector units vary), and a matmul timed at start-up measures the
         # load of that moment: 0.05 TFLOPS in one launch, 0.21 in the next, and MFU "260%" once the load dropped.
