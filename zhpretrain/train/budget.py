@@ -36,17 +36,6 @@ from ..run.resume import BUDGET_SETTINGS as SETTINGS
 from .clock import duration
 
 
-def check_options(run_args) -> None:
-    """Called by RunArguments.__post_init__: a ValueError there is reported as one line before anything runs."""
-    minutes, ratio, floor = (getattr(run_args, k) for k in SETTINGS)
-    if minutes is not None and not minutes > 0:
-        raise ValueError(f"max_train_minutes must be above 0 (or left unset for no budget), not {minutes}")
-    if not 0 < ratio <= 1:
-        raise ValueError(f"budget_decay_ratio must be in (0, 1], not {ratio}")
-    if not 0 <= floor <= 1:
-        raise ValueError(f"budget_min_lr_ratio must be in [0, 1], not {floor}")
-
-
 def lr_factor(step: int, warmup_steps: int, decay_start: int | None, decay_steps: int | None, min_lr_ratio: float) -> float:
     """The multiple of the peak learning rate that optimizer step index `step` uses (that step makes global_step step + 1).
 
