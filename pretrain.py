@@ -35,15 +35,45 @@ def main(argv=None, stop=None) -> int:
     hub_model_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
     hub_token = training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None  # the Trainer pickles its arguments into every save
-    given = hub.fetch(data_args, model_args)
+    training_args.device  # noqa: B018  (sets up the process group, so the barrier below sees every rank)
+    with training_args.main_process_first(local=True, desc="hub download"):  # one download per node, not one per rank
+        given = hub.fetch(data_args, model_args)
     output_dir, lock = folder.setup(training_args, data_args, run_args)
     try:
-        code = pretrain(data_args, model_args, run_args, training_args, preset, output_dir, stop, given)
-    finally:
-        lock.release()
-    if code or training_args.process_index != 0:
-        return code
-    return hub.publish_final(output_dir / "final", hub_model_id, hub_token, run_args.push_to_modelscope)
+        try:
+            code = pretrain(data_args, model_args, run_args, training_args, preset, output_dir, stop, given)
+        finally:
+            lock.release()
+        if code or training_args.process_index != 0:
+            return code
+        return hub.publish_final(output_dir / "final", hub_model_id, hub_token, run_args.push_to_modelscope)
+    except KeyboardInterrupt:
+        raise Interrupted(output_dir) from None
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C once output_dir is known: the message then says what is saved there."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(str(output_dir))
+        self.output_dir = output_dir
+
+
+def interrupted(output_dir) -> str:
+    """What a Ctrl-C outside training leaves, read from the disk rather than assumed: final/ (it appears whole, see
+    run/final.py) and the newest complete checkpoint. Caches are written whole or not at all, so they need no word."""
+    if output_dir is None:
+        return "interrupted before training started; nothing was saved. Run the same command to start again."
+    from zhpretrain.run import checkpoint
+
+    final, good = output_dir / "final", checkpoint.last_checkpoint(output_dir)
+    saved = [f"{final} holds a saved model"] if (final / "README.md").is_file() else []
+    if good:
+        saved.append(f"the newest complete checkpoint is {good}")
+    if not saved:
+        return ("interrupted before training started or before its first checkpoint; nothing was saved. Run the same "
+                "command to start again.")
+    return f"interrupted: {'; '.join(saved)}. Run the same command to {'continue' if good else 'start again'}."
 
 
 def pretrain(data_args, model_args, run_args, training_args, preset, output_dir: Path, stop, given: dict) -> int:
@@ -55,14 +85,14 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
 
     main_process, block_size = training_args.process_index == 0, data_args.block_size
     # Where the run continues from, decided before any tokenizing: a resume that cannot work is refused at once.
-    key = prepare.source(data_args)
-    shape = training.global_batch(training_args, block_size, data_args.streaming)
+    shape = training.global_batch(training_args, block_size, data_args.streaming, run_args.global_batch_tokens)
     config = build.check_shape(model_args, block_size)  # an impossible shape fails here, not hours later
-    start = resume.decide(output_dir, key, config, shape, data_args, run_args, training_args, main_process)
+    start = resume.decide(output_dir, data_args, run_args, training_args, config, shape)
     # Documents -> train | test -> tokenizer -> token blocks.
-    tok, datasets, meta = prepare.prepare(data_args, model_args, key, start, builder=training_args.local_process_index == 0,
+    tok, datasets, meta = prepare.prepare(data_args, model_args, start.source, start,
+                                          builder=training_args.local_process_index == 0,
                                           rank=training_args.process_index, world=training_args.world_size)
-    start.record(output_dir, blocks.tokenizer_digest(tok), main_process)
+    start.record(output_dir, blocks.tokenizer_digest(tok))
     stats = prepare.describe(meta, output_dir, main_process)
     # The model, and room on disk for what it will write.
     model, params = build.build(model_args, training_args, tok, block_size, start)
@@ -79,10 +109,10 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
     try:
         if not training.fit(trainer, stop, start, output_dir):
             return 130
-        final.save_and_sample(trainer, output_dir, tracker, run_args.prompt, run_args.max_new_tokens)
-        if main_process:
-            card.write(output_dir / "final", trainer.state, data_args, model_args, params, stats,
-                       shape["sequences_per_step"] * block_size, len(tok), given)
+        # The card is written inside final/'s temporary folder, before it is renamed into place: final/ is never cardless.
+        final.save_and_sample(trainer, output_dir, tracker, run_args.prompt, run_args.max_new_tokens,
+                              card=lambda folder: card.write(folder, trainer.state, data_args, model_args, params, stats,
+                                                             shape["sequences_per_step"] * block_size, len(tok), given))
         trainer.budget.report(tracker)
     finally:
         tracker.finish()
@@ -90,10 +120,15 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
 
 
 if __name__ == "__main__":
+    if sys.version_info < (3, 10):  # before the package is imported: its annotations need 3.10
+        sys.exit(f"\nerror: zhpretrain needs Python >= 3.10; this is Python {sys.version.split()[0]} ({sys.executable}).\n")
     if os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")  # one console: rank 0 speaks for the launch; every rank's errors still show (stderr)
-    if not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
-        print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
+    if {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
+        from zhpretrain import config
+
+        config.parse_args(sys.argv[1:])  # prints the help and exits; the short one before torch is imported
+    print("zhpretrain: loading libraries ...", flush=True)  # at once: importing torch and transformers takes seconds
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source line
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars under our progress bar
@@ -105,6 +140,6 @@ if __name__ == "__main__":
         sys.exit(main(stop=handler))
     except UserError as e:
         sys.exit(report(e))
-    except KeyboardInterrupt:  # before training started: caches are written atomically, nothing half-done is kept
-        print("\ninterrupted before training started; nothing was saved. Run the same command to start again.", file=sys.stderr)
+    except KeyboardInterrupt as e:  # outside training (inside it, GracefulStop saves a checkpoint and stops)
+        print("\n" + interrupted(getattr(e, "output_dir", None)), file=sys.stderr)
         sys.exit(130)

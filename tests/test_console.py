@@ -67,3 +67,17 @@ def test_format_log_writes_numbers_as_numbers():
                                "eval_samples_per_second": 10.0, "epoch": 1.0}, step=40, max_steps=300)
     assert line == "eval  step 40 | loss 6.0200 | ppl 411.58 | bits/byte 2.7000 | 3.1s"
 
+
+
+def test_short_help_needs_neither_torch_nor_transformers_and_its_trainer_types_are_the_parsers():
+    # --help is printed before the seconds-long imports: in a fresh interpreter, neither module is loaded after it.
+    code = ("import sys; sys.path.insert(0, %r)\nfrom zhpretrain import config\ntry:\n    config.parse_args(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))" % str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.splitlines()[-1] == "loaded: []", out[-500:]
+    from transformers import HfArgumentParser
+
+    from zhpretrain.usage import TRAINER_KINDS
+
+    actions = {a.dest: a for a in HfArgumentParser(config.argument_classes())._actions}
+    assert {name: actions[name].type.__name__ for name in TRAINER_KINDS} == TRAINER_KINDS

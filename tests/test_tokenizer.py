@@ -37,7 +37,7 @@ def test_cache_folder_depends_on_data_and_vocab_size_and_saves_atomically(tmp_pa
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
     cache.write(a, lambda tmp: tokenizer.train_and_save(DataArguments(train_file=str(corpus), validation_split_percentage=1), args, tmp))
     assert (a / "tokenizer.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, "c.jsonl"])
-    held_out = {i for i in range(len(TEXTS)) if split.Split(42, 1).is_test(i)}
+    held_out = {i for i, t in enumerate(TEXTS) if split.Split(42, 1).is_test(t)}
     in_process = tokenizer.train(iter([t for i, t in enumerate(TEXTS) if i not in held_out]), 300, 10**6)
     assert tokenizer.load(str(a)).backend_tokenizer.to_str() == in_process.backend_tokenizer.to_str()
 

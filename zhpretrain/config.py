@@ -2,15 +2,15 @@
 import argparse
 import dataclasses
 import difflib
+import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
-import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
 
 from . import usage
 from .errors import UserError
@@ -71,15 +71,131 @@ class RunArguments:
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
     max_train_minutes: float | None = field(default=None, metadata={"help": "Wall-clock budget of training time in minutes (evaluation, saving and data preparation not counted): training ends inside it with the learning rate decayed (warmup-stable-decay); max_steps stays an upper bound."})
     budget_decay_ratio: float = field(default=0.2, metadata={"help": "With max_train_minutes: the share of the budget (by time) over which the learning rate decays (1-sqrt), at the end."})
+    global_batch_tokens: int | None = field(default=None, metadata={"help": "Tokens per optimizer step over all processes. When set, gradient_accumulation_steps (and, if needed, a smaller per_device_train_batch_size) is derived from it and the number of processes, so a preset trains the same schedule on 1, 2, 8 or 16 GPUs. Default: per device x accumulation x processes."})
     budget_min_lr_ratio: float = field(default=0.0, metadata={"help": "With max_train_minutes: the learning rate the decay ends at, as a fraction of learning_rate."})
 
-    def __post_init__(self):
-        from .train.budget import check_options
 
-        check_options(self)  # a ValueError here becomes one 'Invalid arguments' line
+OWN_CLASSES = (DataArguments, ModelArguments, RunArguments)
 
 
-ARGUMENT_CLASSES = (DataArguments, ModelArguments, RunArguments, TrainingArguments)
+def argument_classes() -> tuple:
+    """Ours and the Trainer's: imported only once parsing needs them (importing transformers takes seconds, --help none)."""
+    from transformers import TrainingArguments
+
+    return (*OWN_CLASSES, TrainingArguments)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: low..high, each end included unless *_open; `also`: values allowed outside (such
+    as max_steps -1, "not set"); `when`: the options it applies under (None: always); `why`: said with the refusal."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+    when: Callable | None = None
+    why: str = ""
+
+    def holds(self, v) -> bool:
+        if v in self.also:
+            return True
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        return not ((self.low is not None and (v < self.low or (self.low_open and v == self.low)))
+                    or (self.high is not None and (v > self.high or (self.high_open and v == self.high))))
+
+    def words(self) -> str:
+        if self.low is not None and self.high is not None:
+            bounds = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            bounds = f"{'above' if self.low_open else 'at least'} {self.low:g}"
+        else:
+            bounds = f"{'below' if self.high_open else 'at most'} {self.high:g}"
+        also = "".join(f"{a} or " for a in self.also)
+        return f"{also}{bounds}" + (f" ({self.why})" if self.why else "")
+
+
+def _bpe_trained(a) -> bool:
+    return not (a.tokenizer_name_or_path or a.init_from)
+
+
+BYTE_LEVEL_MINIMUM = 256 + 2  # the byte-level BPE's 256 byte tokens, EOS and PAD (data/tokenizer.py)
+ONE, ZERO_UP, ABOVE_ZERO = Range(1), Range(0), Range(0, low_open=True)
+FRACTION, BELOW_ONE = Range(0, 1), Range(0, 1, high_open=True)
+SEED = Range(0, 2**32 - 1)  # numpy's seeds
+# Every number an option or a model shape may take, in one table: options are checked as soon as they are parsed, the
+# shape (config.json plus --config_overrides) by model/build.py's check_config; both before any data is read.
+OPTION_RANGES = {
+    # data
+    "block_size": Range(2, why="a block needs a next token to predict"), "validation_split_documents": ONE,
+    "validation_split_percentage": Range(0, 100, low_open=True, high_open=True,
+                                         when=lambda a: not (a.validation_file or a.validation_split_documents)),
+    "max_eval_samples": ONE,
+    # tokenizer
+    "tokenizer_vocab_size": Range(BYTE_LEVEL_MINIMUM, when=_bpe_trained, why="256 byte tokens, EOS and PAD"),
+    "tokenizer_train_max_chars": ONE,
+    # run
+    "max_new_tokens": ONE, "peak_tflops": ABOVE_ZERO, "muon_learning_rate": ABOVE_ZERO, "max_train_minutes": ABOVE_ZERO,
+    "budget_decay_ratio": Range(0, 1, low_open=True), "budget_min_lr_ratio": FRACTION,
+    # training (TrainingArguments)
+    "per_device_train_batch_size": ONE, "per_device_eval_batch_size": ONE, "gradient_accumulation_steps": ONE,
+    "eval_accumulation_steps": ONE, "learning_rate": ABOVE_ZERO, "weight_decay": ZERO_UP, "adam_beta1": BELOW_ONE,
+    "adam_beta2": BELOW_ONE, "adam_epsilon": ABOVE_ZERO, "max_grad_norm": Range(0, why="0 turns clipping off"),
+    "num_train_epochs": Range(0, low_open=True, when=lambda a: a.max_steps <= 0),
+    "max_steps": Range(1, also=(-1,), why="-1: train num_train_epochs"), "warmup_steps": Range(0, why="below 1: a share of the steps"),
+    "logging_steps": ABOVE_ZERO, "eval_steps": ABOVE_ZERO, "save_steps": ABOVE_ZERO, "eval_delay": ZERO_UP,
+    "save_total_limit": ONE, "seed": SEED, "data_seed": SEED, "dataloader_num_workers": ZERO_UP,
+    "dataloader_prefetch_factor": ONE, "label_smoothing_factor": BELOW_ONE, "ddp_timeout": ONE, "torch_empty_cache_steps": ONE,
+}
+SHAPE_RANGES = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "hidden_size", "n_embd", "num_attention_heads", "n_head",
+                     "num_key_value_heads", "intermediate_size", "n_inner", "head_dim", "max_position_embeddings",
+                     "n_positions", "vocab_size"), ONE),
+    **dict.fromkeys(("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"), ABOVE_ZERO),
+    **dict.fromkeys(("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"), BELOW_ONE),
+    "initializer_range": ZERO_UP,
+}
+
+
+def out_of_range(values, table: dict, name=lambda key: key) -> list[str]:
+    """One sentence per value outside its range (None: not set, never checked). values: an object with attributes."""
+    problems = []
+    for key, rule in table.items():
+        value = getattr(values, key, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if (rule.when is None or rule.when(values)) and not rule.holds(value):
+            problems.append(f"{name(key)} must be {rule.words()}, not {value:g}" if isinstance(value, float) else
+                            f"{name(key)} must be {rule.words()}, not {value}")
+    return problems
+
+
+# The oldest versions this code runs on (requirements.txt says the same): torch.cuda.is_bf16_supported(including_emulation=)
+# (precision() below) came with torch 2.4; torch.optim.Muon (model/optim.py) with 2.9, so an older torch only refuses
+# --muon_learning_rate.
+TORCH_FLOOR, MUON_TORCH, TRANSFORMERS_FLOOR = (2, 4), (2, 9), (5, 0)
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", text).groups()
+    return int(major), int(minor)
+
+
+def check_versions(namespace) -> None:
+    """Refuse, in one paragraph naming the version found and the one needed, what would crash at start-up."""
+    import torch
+    import transformers
+
+    found = torch.__version__.split("+")[0]
+    for name, have, floor in (("torch", found, TORCH_FLOOR), ("transformers", transformers.__version__, TRANSFORMERS_FLOOR)):
+        if _version(have) < floor:
+            raise UserError(f"This environment has {name} {have}; zhpretrain needs {name} >= {floor[0]}.{floor[1]} "
+                            "(requirements.txt). Install a newer one (for torch: the build that matches your CUDA).")
+    if namespace.muon_learning_rate is not None and not hasattr(torch.optim, "Muon"):
+        raise UserError(f"--muon_learning_rate needs torch.optim.Muon, which torch {found} does not have (it came with torch "
+                        f"{MUON_TORCH[0]}.{MUON_TORCH[1]}). Install torch >= {MUON_TORCH[0]}.{MUON_TORCH[1]}, or leave "
+                        "--muon_learning_rate unset to train every parameter with --optim.")
 
 
 def _closest(name: str, valid) -> str:
@@ -95,14 +211,25 @@ def resolve_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
-def _choose_preset(argv: list[str]) -> tuple[Path, list[str], str | None]:
-    """The first argument may name a YAML preset; otherwise the wiki preset if its corpus is here, else the demo
-    (with a note, printed once the arguments parsed, so a bad option's error stays one line)."""
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        path = Path(argv[0])
+def _preset_positions(argv: list[str], parser: argparse.ArgumentParser) -> list[int]:
+    """Where argv names a YAML preset: a .yaml/.yml argument anywhere that is not the value of the option before it
+    (an option that takes a value, such as --deepspeed ds.yaml; a true/false option takes none from a file name)."""
+    takes_value = {s for a in parser._actions if a.nargs not in (0, "?") for s in a.option_strings}
+    return [i for i, a in enumerate(argv) if a.endswith((".yaml", ".yml")) and not a.startswith("-")
+            and not (i and argv[i - 1] in takes_value)]
+
+
+def _choose_preset(argv: list[str], parser: argparse.ArgumentParser) -> tuple[Path, list[str], str | None]:
+    """A YAML preset may be named anywhere on the command line; otherwise the wiki preset if its corpus is here, else the
+    demo (with a note, printed once the arguments parsed, so a bad option's error stays one line)."""
+    if found := _preset_positions(argv, parser):
+        if len(found) > 1:
+            raise UserError(f"Give one preset, not {len(found)} ({', '.join(argv[i] for i in found)}): the options of a "
+                            "preset are overridden on the command line, not by another preset.")
+        path = Path(argv[found[0]])
         if not path.is_file():
             raise UserError(f"Preset file {path} does not exist. The presets shipped are in {REPO / 'configs'}.")
-        return path, argv[1:], None
+        return path, argv[:found[0]] + argv[found[0] + 1:], None
     if Path(resolve_path(WIKI_FILE)).is_file():
         return WIKI_PRESET, argv, None
     if not any(a.split("=")[0] in ("--train_file", "--dataset_name") for a in argv):
@@ -129,6 +256,8 @@ def load_preset(path: Path, valid: set[str]) -> dict:
 def precision(bf16: bool, fp16: bool) -> tuple[bool, bool]:
     """(bf16, fp16) this device really runs: bf16 only where the GPU has it natively (torch's is_bf16_supported() also
     counts emulation, which is slower than fp32), fp16 with loss scaling on a GPU without it, fp32 on a CPU. Printed once."""
+    import torch
+
     if not (bf16 or fp16):
         return False, False
     if not torch.cuda.is_available():
@@ -147,16 +276,20 @@ def precision(bf16: bool, fp16: bool) -> tuple[bool, bool]:
 def parse_args(argv: list[str] | None = None):
     """Return (data, model, run, training) arguments from an optional YAML preset plus command-line overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if ("-h" in argv or "--help" in argv) and "--help-all" not in argv:
+        print(usage.short_help(OWN_CLASSES, REPO / "configs"))  # before torch and transformers are imported: at once
+        raise SystemExit(0)
+    import torch
+    from transformers import HfArgumentParser
+
+    classes = argument_classes()
     # exit_on_error=False: a bad value raises, and becomes one line below instead of argparse's 129-line usage.
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False, exit_on_error=False, usage=usage.USAGE)
-    valid = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    parser = HfArgumentParser(classes, allow_abbrev=False, exit_on_error=False, usage=usage.USAGE)
+    valid = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
     if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
-    if "-h" in argv or "--help" in argv:
-        print(usage.short_help(parser, REPO / "configs"))
-        raise SystemExit(0)
-    preset, argv, note = _choose_preset(argv)
+    preset, argv, note = _choose_preset(argv, parser)
     defaults = load_preset(preset, valid)
     for action in parser._actions:  # YAML gives typed values; argparse type-checks only string defaults
         if action.dest in defaults and defaults[action.dest] is not None:
@@ -174,6 +307,13 @@ def parse_args(argv: list[str] | None = None):
         unknown = next((a for a in rest if a.startswith("--")), rest[0])
         hint = _closest(unknown.lstrip("-").split("=")[0], valid).replace("'", "'--", 1)
         raise UserError(f"Unknown option '{unknown}'.{hint} Run python pretrain.py --help for every option.")
+    def named(key):  # where the value came from: the command line or the preset
+        given = any(a.split("=")[0] == f"--{key}" for a in argv)
+        return f"--{key}" + ("" if given else f" (from {preset})")
+    if problems := out_of_range(namespace, OPTION_RANGES, named):
+        raise UserError(f"{'; '.join(problems)}. Fix {'it' if len(problems) == 1 else 'them'} on the command line or in "
+                        "the preset; nothing was read or trained yet.")
+    check_versions(namespace)
     if note:
         print(note, flush=True)
     namespace.bf16, namespace.fp16 = precision(namespace.bf16, namespace.fp16)
@@ -183,13 +323,11 @@ def parse_args(argv: list[str] | None = None):
         namespace.use_cpu = True  # without it, TrainingArguments ignores torchrun's process group on a CPU-only machine
     try:
         data, model, run, training = (cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
-                                      for cls in ARGUMENT_CLASSES)
+                                      for cls in classes)
     except ValueError as e:
         raise UserError(f"Invalid arguments: {e}") from None
     data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file) or None
     model.model_config = resolve_path(model.model_config)
-    if not (data.validation_file or data.validation_split_documents) and not 0 < data.validation_split_percentage < 100:
-        raise UserError(f"validation_split_percentage must be between 0 and 100, not {data.validation_split_percentage}.")
     if data.streaming and training.max_steps <= 0:
         raise UserError("streaming: true needs --max_steps (a stream has no length, so epochs cannot be counted).")
     if run.swanlab_mode and run.swanlab_mode.lower() not in ("cloud", "online", "local", "offline", "disabled"):

@@ -7,8 +7,10 @@ class UserError(Exception):
 
 
 def report(error: BaseException) -> int:
-    """Print a user-facing error as one paragraph on stderr and return the exit code."""
-    print("\nerror: " + " ".join(str(error).split()) + "\n", file=sys.stderr, flush=True)
+    """Print a user-facing error as one paragraph on stderr (any secret it quotes redacted) and return the exit code."""
+    from .secret import scrub
+
+    print("\nerror: " + scrub(" ".join(str(error).split())) + "\n", file=sys.stderr, flush=True)
     return 2
 
 

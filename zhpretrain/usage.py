@@ -1,5 +1,6 @@
 """What the command line says back: the short --help, and one line for a value of the wrong type."""
 import argparse
+import dataclasses
 import re
 import textwrap
 from pathlib import Path
@@ -16,6 +17,7 @@ COMMON = {
     "max_steps": "Optimizer steps to train (overrides num_train_epochs when > 0).",
     "num_train_epochs": "Passes over the training blocks (when max_steps is not set).",
     "max_train_minutes": None,
+    "global_batch_tokens": None,
     "per_device_train_batch_size": "Sequences per device per micro-batch.",
     "gradient_accumulation_steps": "Micro-batches per optimizer step (global batch = per device x this x processes).",
     "learning_rate": "Peak learning rate (after warmup).",
@@ -28,6 +30,17 @@ COMMON = {
     "swanlab_mode": None,
     "cache_dir": None,
 }
+# The types of the Trainer's options above, as HfArgumentParser parses them: the short --help is printed before
+# transformers is imported (that import takes seconds), so it cannot ask TrainingArguments (tests/test_console.py
+# checks these against the real parser).
+TRAINER_KINDS = {"output_dir": "str", "max_steps": "int", "num_train_epochs": "float", "per_device_train_batch_size": "int",
+                 "gradient_accumulation_steps": "int", "learning_rate": "float", "eval_steps": "float", "save_steps": "float"}
+
+
+def _kind(annotation) -> str:
+    """int, float, bool or str: what the option's value parses as (`int | None` parses as int)."""
+    names = re.findall(r"\b(int|float|bool|str)\b", str(getattr(annotation, "__name__", None) or annotation))
+    return names[0] if names else "str"
 
 
 def _presets(configs: Path) -> list[str]:
@@ -44,18 +57,17 @@ def _presets(configs: Path) -> list[str]:
     return lines
 
 
-def short_help(parser: argparse.ArgumentParser, configs: Path) -> str:
+def short_help(own_classes: tuple, configs: Path) -> str:
     """The usage line, the shipped presets, and the common options with their type and help."""
-    actions = {a.dest: a for a in parser._actions}
+    fields = {f.name: f for cls in own_classes for f in dataclasses.fields(cls)}
     out = [f"usage: {USAGE}", "",
            "Pretrain a small GPT-style Chinese language model from scratch. Without a preset: the tutorial preset when",
            "data/wikipedia-zh-cn-20240820.json exists, else the demo. Every option overrides the preset's value.", "",
            "presets:", *_presets(configs), "", "common options (python pretrain.py --help-all lists every option):"]
     for name, text in COMMON.items():
-        action = actions[name]
-        kind = getattr(action.type, "__name__", "str").replace("string_to_bool", "bool")
+        kind = TRAINER_KINDS[name] if name in TRAINER_KINDS else _kind(fields[name].type)
         out.append(f"  --{name} {kind.upper()}")
-        out.append(f"      {text or action.help}")
+        out.append(f"      {text or fields[name].metadata.get('help', '')}")
     return "\n".join(out)
 
 

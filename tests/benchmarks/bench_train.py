@@ -48,9 +48,15 @@ os.environ.setdefault("SWANLAB_MODE", "disabled")
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-import pretrain  # noqa: E402
-from zhpretrain import blocks, config, console, speed, tracking, train  # noqa: E402
-from zhpretrain import model as modeling  # noqa: E402
+from zhpretrain import config  # noqa: E402
+from zhpretrain.data import blocks, prepare  # noqa: E402
+from zhpretrain.model import build as modeling  # noqa: E402
+from zhpretrain.report import tracking  # noqa: E402
+from zhpretrain.run import folder  # noqa: E402
+from zhpretrain.run.resume import Resume  # noqa: E402
+from zhpretrain.train import speed  # noqa: E402
+from zhpretrain.train import trainer as training  # noqa: E402
+from zhpretrain.train.callbacks import GracefulStop  # noqa: E402
 
 # The demo preset as shipped. The small preset's model at its block_size, on the demo corpus (the full dump it names is
 # not shipped): the model keeps its 16k vocabulary (a BPE trained on 200 kB stops short of 16k tokens). On a CPU one
@@ -61,6 +67,12 @@ SHAPES = {
               "args": ["--train_file", "data/demo-zhwiki.jsonl", "--validation_split_percentage", "10",
                        "--config_overrides", "vocab_size=16000"],
               "note": "configs/small.yaml's model and block_size on data/demo-zhwiki.jsonl, vocab_size kept at 16000"},
+    "tutorial": {"preset": "configs/tutorial.yaml",
+                 "args": ["--train_file", "data/demo-zhwiki.jsonl", "--validation_split_percentage", "10",
+                          "--config_overrides", "vocab_size=16000"],
+                 "note": "configs/tutorial.yaml's model and block_size on data/demo-zhwiki.jsonl, vocab_size 16000"},
+    "tiny": {"preset": "configs/demo.yaml", "args": ["--block_size", "32", "--per_device_train_batch_size", "4"],
+             "note": "configs/demo.yaml with 32-token blocks and 4 sequences per step: the reduced mode of the tests"},
 }
 
 
@@ -100,17 +112,18 @@ def sync(device) -> None:
 class Shape:
     """One shape: its arguments, its data (prepared once by the project, cached) and its model config."""
 
-    def __init__(self, name: str, a, workdir: Path):
+    def __init__(self, name: str, a, workdir: Path, extra: tuple = (), attn_implementation: str | None = None):
         self.name, self.a, self.workdir, self.runs = name, a, workdir, 0
+        self.attn_implementation = attn_implementation  # None: the model config's own
         spec = SHAPES[name]
-        self.preset, self.extra, self.note = str(REPO / spec["preset"]), list(spec["args"]), spec["note"]
-        if name == "small" and not torch.cuda.is_available():
+        self.preset, self.extra, self.note = str(REPO / spec["preset"]), list(spec["args"]) + list(extra), spec["note"]
+        if name in ("small", "tutorial") and not torch.cuda.is_available() and a.small_batch:
             self.extra += ["--per_device_train_batch_size", str(a.small_batch), "--gradient_accumulation_steps", "1"]
             self.note += f"; on this CPU a step is {a.small_batch} sequence(s), not the preset's 32 x 4 accumulation"
         self.steps = a.small_steps if name == "small" else a.steps
         _, self.data_args, self.model_args, _, self.args = self.parse()
-        source = pretrain.data_source(self.data_args)
-        self.tok, self.datasets, _ = pretrain.prepare_data(self.data_args, self.model_args, source, builder=True)
+        key = prepare.source(self.data_args)
+        self.tok, self.datasets, _ = prepare.prepare(self.data_args, self.model_args, key, Resume(None, {}), builder=True)
         self.block_size = self.data_args.block_size
         self.bytes_per_token = blocks.label_bytes_per_token(self.datasets["test"], self.tok)
         self.config = modeling.build_config(self.model_args, self.tok, self.block_size)
@@ -129,7 +142,12 @@ class Shape:
             return config.parse_args(argv)
 
     def new_model(self, seed: int):
-        return modeling.build_model(self.config, seed)
+        return self.kernel(modeling.build_model(self.config, seed))
+
+    def kernel(self, model):
+        if self.attn_implementation:
+            model.set_attn_implementation(self.attn_implementation)
+        return model
 
 
 class Phases:
@@ -236,7 +254,10 @@ class PlainLoop:
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_train_batch_size,
                                                   sampler=EpochSampler(len(dataset), seed))
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
-        self.forward, self.backward = self.model, (lambda loss: loss.backward())
+        # Compiled as the Trainer compiles it with --torch_compile (accelerate: torch.compile of the model).
+        self.forward = torch.compile(self.model, backend=args.torch_compile_backend or "inductor",
+                                     mode=args.torch_compile_mode) if args.torch_compile else self.model
+        self.backward = lambda loss: loss.backward()
         self.clip, self.step_optimizer = torch.nn.utils.clip_grad_norm_, self.optimizer.step
         if phases:
             self.forward, self.backward = phases.wrap("forward", self.forward), phases.wrap("backward", self.backward)
@@ -289,11 +310,18 @@ class Interleave(TrainerCallback):
     def __init__(self, device, plain: PlainLoop | None, timed: range, phases: Phases | None = None):
         self.device, self.plain, self.timed, self.phases = device, plain, timed, phases
         self.end, self.resume = {}, {}
+        self.peak_bytes = {"project": None, "plain": None}  # CUDA only: the most allocated during each side's steps
+
+    def _peak(self, side: str) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes[side] = max(self.peak_bytes[side] or 0, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def on_step_end(self, args, state, control, **kwargs):
         k = state.global_step
         sync(self.device)
         self.end[k] = time.perf_counter()
+        self._peak("project")
         if self.phases and self.timed.start - 1 <= k < self.timed.stop - 1:  # project step k + 1 is timed
             self.phases.new_step()
             self.phases.start()
@@ -302,6 +330,7 @@ class Interleave(TrainerCallback):
         if self.plain is not None:
             self.plain.step()
             sync(self.device)
+            self._peak("plain")
         self.resume[k] = time.perf_counter()
 
     def project_steps(self) -> list[float]:
@@ -312,30 +341,26 @@ class Interleave(TrainerCallback):
 
 
 def run_pair(shape: Shape, warmup: int, steps: int, plain: bool = True, project_phases: Phases | None = None,
-             plain_phases: Phases | None = None) -> dict:
-    """The Trainer exactly as pretrain.run builds it (callbacks, console; no SwanLab, evaluation or checkpoints), with
-    the plain loop stepped in between its steps."""
+             plain_phases: Phases | None = None, hooks: tuple = ()) -> dict:
+    """The Trainer exactly as pretrain.py builds it (train.trainer.build: callbacks, console; no SwanLab, evaluation or
+    checkpoints), with the plain loop stepped in between its steps. hooks: functions called with the built Trainer."""
     shape.runs += 1
     total, timed = warmup + steps, range(warmup + 1, warmup + steps + 1)
     _, data_args, model_args, run_args, training_args = shape.parse(str(shape.workdir / f"run-{shape.runs}"), total)
-    output_dir, lock = pretrain.setup(training_args, data_args, run_args)
+    output_dir, lock = folder.setup(training_args, data_args, run_args)
     try:
-        tok, datasets = shape.tok, shape.datasets
-        model, params, _ = pretrain.build(model_args, training_args, tok, data_args.block_size, None)
+        tok, datasets, resume = shape.tok, shape.datasets, Resume(None, {})
+        model, params = modeling.build(model_args, training_args, tok, data_args.block_size, resume)
+        shape.kernel(model)
         loop = PlainLoop(shape, total, timed, plain_phases) if plain else None
-        run_shape = train.RunShape(pretrain.batch_shape(training_args, data_args.block_size, data_args.streaming))
-        tokens_per_step = run_shape.shape["sequences_per_step"] * data_args.block_size
+        batch = training.global_batch(training_args, data_args.block_size, data_args.streaming)
         run = tracking.start(run_args, training_args, main_process=True, config={})
-        stop = train.GracefulStop()
-        samples = train.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, run.log_samples,
-                                       enabled=not train.sharded(training_args))
-        guard = train.Guard(stop, params["parameters"])
-        callbacks = [stop, guard, run_shape, samples, train.Manifest()] + ([run.callback] if run.callback else [])
+        stop = GracefulStop()
+        trainer = training.build(model, tok, datasets, batch, resume, stop, run, params, (data_args, run_args, training_args))
         interleave = Interleave(training_args.device, loop, timed, project_phases)
-        trainer = train.build_trainer(model, training_args, datasets, tok, callbacks + [interleave],
-                                      shape.bytes_per_token, tokens_per_step)
-        guard.trainer = trainer
-        console.attach(trainer, output_dir, True)
+        trainer.add_callback(interleave)
+        for hook in hooks:
+            hook(trainer)
 
         # Instrumentation: keep a reference to each micro-batch's loss and input_ids (no copy, no device work).
         losses, batches = [], []
@@ -365,10 +390,11 @@ def run_pair(shape: Shape, warmup: int, steps: int, plain: bool = True, project_
         lock.release()
     result = {"project_seconds": sum(interleave.project_steps()), "project_step_seconds": interleave.project_steps(), "project_losses": [float(v) for v in losses],
               "project_batches": batches, "project_model": trainer.model, "project_optimizer": trainer.optimizer,
-              "training_args": training_args}
+              "training_args": training_args, "project_peak_bytes": interleave.peak_bytes["project"]}
     if loop:
         result.update(plain_seconds=sum(interleave.plain_steps()), plain_step_seconds=interleave.plain_steps(), plain_losses=[float(v) for v in loop.losses],
                       plain_batches=loop.batches, plain_model=loop.model, plain_optimizer=loop.optimizer,
+                      plain_peak_bytes=interleave.peak_bytes["plain"],
                       step_tokens=loop.step_tokens[warmup:total])  # an epoch's last batch may be short
     return result
 
@@ -572,6 +598,8 @@ def main() -> None:
     parser.add_argument("--small_batch", type=int, default=1,
                         help="sequences per step of the small shape on a CPU (a GPU runs the preset's 32 x 4)")
     parser.add_argument("--logging_steps", type=int, default=None, help="override the presets' logging_steps")
+    parser.add_argument("--extra", default="", help="more pretrain.py options for every shape, e.g. "
+                        "'--per_device_train_batch_size 4 --gradient_accumulation_steps 4'")
     parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "zhpretrain-bench-cache"),
                         help="where the project caches the tokenizers and token blocks")
     parser.add_argument("--profile", action="store_true", help="also show where each side's step time goes")
@@ -593,7 +621,7 @@ def main() -> None:
         for name in names:
             print(f"{name}: preparing data ...", file=sys.stderr, flush=True)
             with quiet(not a.verbose):
-                shape = Shape(name, a, Path(tmp) / name)
+                shape = Shape(name, a, Path(tmp) / name, tuple(a.extra.split()))
             args = shape.args
             precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "tf32" if args.tf32 else "fp32"
             rows.append(bench_shape(shape, a, Peak(device, precision)))

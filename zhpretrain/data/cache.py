@@ -26,8 +26,11 @@ def folder(root: Path, kind: str, key: dict) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+    digest = hashlib.blake2b()
+    with open(path, "rb") as f:  # a plain loop, not hashlib.file_digest: that needs Python 3.11
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def manifest(files: list[Path], base: Path) -> dict:

@@ -4,9 +4,11 @@ import glob
 import gzip
 import hashlib
 import importlib.util
+import json
 import lzma
 import os
 import re
+import time
 from pathlib import Path
 
 from ..errors import UserError
@@ -32,8 +34,33 @@ def _plain_name(name: str) -> str:
     return name.removesuffix(next((c for c in COMPRESSED if name.endswith(c)), ""))
 
 
-def data_files(spec: str, what: str = "train_file") -> tuple[list[str], list[str]]:
-    """Expand a path, directory or glob into (data files, files skipped as not data), or say clearly why there are none."""
+def _run_folders(found: list[str], top: Path, exclude: tuple) -> set[str]:
+    """The files among found that a run wrote, never its data: those in an excluded folder below top (the cache_dir),
+    in a run folder of this project (run/folder.py says which: the lock, written before any data is read, marks an
+    output_dir from its first run on) or in a SwanLab log folder (each of its runs holds files/swanlab-metadata.json)."""
+    from ..run.folder import is_run_folder
+
+    top = top.resolve()
+    roots = {r for r in (Path(e).resolve() for e in exclude) if r != top and r.is_relative_to(top)}  # data inside a cache stays data
+    verdict = {}
+
+    def written(folder: Path) -> bool:
+        if folder not in verdict:
+            verdict[folder] = folder in roots or is_run_folder(folder) or (folder / "files" / "swanlab-metadata.json").is_file()
+        return verdict[folder]
+    own = set()
+    for p in found:
+        here = Path(p).resolve().parent
+        if any(written(f) for f in (here, *here.parents) if f.is_relative_to(top)):
+            own.add(p)
+    return own
+
+
+def data_files(spec: str, what: str = "train_file", exclude: tuple = (), say: bool = False) -> tuple[list[str], list[str]]:
+    """Expand a path, directory or glob into (data files, files skipped as not data), or say clearly why there are none.
+
+    A directory or glob never yields what a run wrote (see _run_folders): an output_dir, cache_dir or SwanLab log folder
+    inside the data folder would otherwise add the run's checkpoints, final/ and logs to its data on the next run."""
     if any(c in spec for c in "*?["):
         found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         if not found:
@@ -50,18 +77,32 @@ def data_files(spec: str, what: str = "train_file") -> tuple[list[str], list[str
         return [spec], []  # a file named on purpose is read, hidden or not
     else:
         raise UserError(f"{what} '{spec}' does not exist. Give a file, a directory or a glob of {', '.join(SUFFIXES)} files.")
-    paths = [p for p in found if _is_data(Path(p), top)]
+    own = _run_folders(found, top, exclude)
+    if own and say:
+        print(f"{what}: left out {len(own):,} files that a run wrote (its output_dir, cache_dir or SwanLab logs), never "
+              f"data: {', '.join(sorted(own)[:3])}{' ...' if len(own) > 3 else ''}", flush=True)
+    paths = [p for p in found if p not in own and _is_data(Path(p), top)]
     if not paths:
         kind = "is a directory with no data files in it" if os.path.isdir(spec) else "matches no data files"
         raise UserError(f"{what} '{spec}' {kind} ({', '.join(SUFFIXES)}, optionally compressed); skipped: "
                         f"{', '.join(found[:5]) or 'nothing'}.")
     for p in paths:
         _check_readable(p)
-    return paths, [p for p in found if p not in set(paths)]
+    return paths, [p for p in found if p not in set(paths) and p not in own]
 
 
-def find_files(spec: str, what: str = "train_file") -> list[str]:
-    return data_files(spec, what)[0]
+def find_files(spec: str, what: str = "train_file", exclude: tuple = ()) -> list[str]:
+    return data_files(spec, what, exclude)[0]
+
+
+def train_files(data_args, say: bool = False) -> tuple[list[str], list[str]]:
+    """The training files of the data options, without what a run wrote (the cache_dir among it): the one way every
+    reader of them finds them, so the key and the reading agree. `say`: print what was left out."""
+    return data_files(data_args.train_file, "train_file", (data_args.cache_root(),), say)
+
+
+def validation_files(data_args) -> list[str]:
+    return find_files(data_args.validation_file, "validation_file", (data_args.cache_root(),))
 
 
 def _check_readable(path: str) -> None:
@@ -90,21 +131,66 @@ def _open(path: str):
     return open(path, "rb")
 
 
-def fingerprint(paths: list[str]) -> list[dict]:
-    """Each file's path, size, modification time and a digest of samples of its content.
+def fingerprint(paths: list[str], memo: Path | None = None) -> list[dict]:
+    """Each file's path, size, modification time and a blake2b of all its bytes ("sample": the name the run identities
+    written before kept, when it was a digest of 16 windows of the file; an in-place edit between them went unseen).
 
     The cache keys use all of it; a run's identity compares size and content only, so a copied or touched file is the
-    same data and a grown or edited one is not."""
-    return [{"path": os.path.abspath(p), "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns,
-             "sample": _sample_digest(p)} for p in paths]
+    same data and a grown or edited one is not. Digests are remembered in `memo` (a file in the cache folder) by path,
+    size, modification and change times and inode, so an unchanged file is read once, not at every start. The change
+    time (ctime) is what catches an edit whose modification time was set back: no one can set it."""
+    known = _read_memo(memo)
+    stats = {p: os.stat(p) for p in paths}
+    ids = {p: f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}" for p, st in stats.items()}
+    todo = [p for p in paths if ids[p] not in known]
+    if todo:
+        size = sum(stats[p].st_size for p in todo)
+        what = todo[0] if len(todo) == 1 else f"{len(todo):,} data files"
+        print(f"hashing {what} ({human(size)}) to key the caches ...", end=" ", flush=True)
+        start = time.perf_counter()
+        for p in todo:
+            known[ids[p]] = _digest(p)
+        print(f"{time.perf_counter() - start:.1f} s", flush=True)
+        _write_memo(memo, known, set(ids.values()))
+    return [{"path": os.path.abspath(p), "size": stats[p].st_size, "mtime_ns": stats[p].st_mtime_ns, "sample": known[ids[p]]}
+            for p in paths]
 
 
-def _sample_digest(path: str, windows: int = 16, width: int = 1 << 16) -> str:
-    """blake2b of 16 windows of 64 KB spread evenly over the file: 1 MB read whatever its size."""
-    size, h = os.path.getsize(path), hashlib.blake2b(digest_size=16)
+def _digest(path: str) -> str:
     with open(path, "rb") as f:
-        for i in range(windows):
-            f.seek(max(0, (size - width) * i // max(windows - 1, 1)))
-            h.update(f.read(width))
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
+
+def human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+
+MEMO_ENTRIES = 10_000  # digests kept in the memo: the files of the runs at hand, not every file ever hashed
+
+
+def _read_memo(memo: Path | None) -> dict:
+    try:
+        known = json.loads(memo.read_text())
+        return known if isinstance(known, dict) else {}
+    except (AttributeError, OSError, ValueError):  # none, absent or damaged: it only saves time, so start afresh
+        return {}
+
+
+def _write_memo(memo: Path | None, known: dict, current: set) -> None:
+    """Write the memo atomically (every rank of a launch may write it at once): the current files' digests, and the
+    latest others' up to MEMO_ENTRIES; an earlier version of a current file is dropped."""
+    if memo is None:
+        return
+    paths = {k.rsplit("|", 4)[0] for k in current}
+    others = [k for k in known if k not in current and k.rsplit("|", 4)[0] not in paths]
+    others = others[max(0, len(others) - (MEMO_ENTRIES - len(current))):]
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({k: known[k] for k in [*others, *sorted(current)]}, indent=0))
+        os.replace(tmp, memo)
+    except OSError:  # a read-only cache folder costs a re-hash next time, nothing more
+        pass

@@ -10,6 +10,7 @@ from . import blocks, cache, files, split, stream, tokenizer
 from .readers import ReadStats
 
 DOMINANT_SHARE = 0.5  # one evaluation document above this share of the evaluation text is reported
+DIGESTS = "data-digests.json"  # in the cache folder: each data file's whole-content digest, by path, size, mtime, ctime, inode
 
 
 def source(data_args) -> dict:
@@ -17,24 +18,60 @@ def source(data_args) -> dict:
     if data_args.dataset_name:
         found = {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
     else:
-        paths, skipped = files.data_files(data_args.train_file)
+        paths, skipped = files.train_files(data_args, say=True)
         if skipped:
             print(f"train_file: skipped {len(skipped)} files that are not data: {', '.join(skipped[:8])}"
                   f"{' ...' if len(skipped) > 8 else ''}", flush=True)
-        found = {"files": files.fingerprint(paths)}
+        found = {"files": files.fingerprint(paths, data_args.cache_root() / DIGESTS)}
     if data_args.validation_file:
-        found["validation"] = files.fingerprint(files.find_files(data_args.validation_file, "validation_file"))
+        found["validation"] = files.fingerprint(files.validation_files(data_args), data_args.cache_root() / DIGESTS)
     found.update(text_column=data_args.text_column, skip_bad_records=data_args.skip_bad_records, split_seed=data_args.split_seed,
                  validation_split_percentage=data_args.validation_split_percentage,
-                 validation_split_documents=data_args.validation_split_documents)
+                 validation_split_documents=data_args.validation_split_documents, split_rule=split.RULE)
     return found
 
 
-def check_eval_split(test: dict, block_size: int) -> None:
+# The start-up estimate's constants, per byte of data file (what is known before reading), with the default tokenizer
+# settings (a 32,000-token BPE): `python tests/benchmarks/prepare_constants.py ../shared/data/zhwiki-sample.jsonl` on a
+# 2-core machine shared with other jobs (load average ~10) gave 56,179,426 file bytes cached in 128.17 s (blocks_s) into
+# 23,991,050 bytes of token cache. A quiet machine, or more cores for the Rust tokenizer, is faster.
+CACHE_FILE_BYTES_PER_S = 438_000
+CACHE_BYTES_PER_FILE_BYTE = 0.427  # uint16 tokens; twice that with a vocabulary above 65,536 (uint32)
+MEASURED_CORES = 2
+
+
+def estimate(key: dict, vocabulary: int) -> str | None:
+    """One line: about how long building the token cache takes and how much disk it needs, from the data files' size
+    and the constants above (none for a hub dataset, whose size is not known before it is read)."""
+    entries = key.get("files", []) + key.get("validation", [])
+    if not entries:
+        return None
+    size = sum(e["size"] for e in entries)
+    compressed = any(e["path"].lower().endswith(files.COMPRESSED) for e in entries)
+    seconds = size / CACHE_FILE_BYTES_PER_S
+    disk = size * CACHE_BYTES_PER_FILE_BYTE * (2 if vocabulary > 1 << 16 else 1)  # uint32 tokens above 65,536
+    more = " (compressed files hold more text than their size: more)" if compressed else ""
+    return (f"estimate: building the token cache from {files.human(size)} of data takes about {_duration(seconds)} "
+            f"and {files.human(round(disk))} of disk{more}, at the rate measured on a {MEASURED_CORES}-core machine "
+            f"({CACHE_FILE_BYTES_PER_S / 1e6:.2f} MB of data file per second, {CACHE_BYTES_PER_FILE_BYTE:.2f} bytes of "
+            "cache per byte, with the default tokenizer): an estimate, not a measurement of this machine")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_eval_split(test: dict, block_size: int, train_duplicates: int = 0) -> None:
     if test["blocks"] == 0:
+        copies = (f" The training split holds {train_duplicates:,} copies of texts it already has: identical texts stay "
+                  "on one side of the split, so with few distinct texts little or nothing is held out.") if train_duplicates else ""
         raise UserError(f"The evaluation split has {test['tokens']:,} tokens in {test['documents']:,} documents, fewer than "
                         f"one block of {block_size}. Raise --validation_split_percentage, give a --validation_file, "
-                        "or lower --block_size.")
+                        f"or lower --block_size.{copies}")
 
 
 def prepare(data_args, model_args, key: dict, resume, builder: bool, rank: int = 0, world: int = 1):
@@ -54,13 +91,30 @@ def prepare(data_args, model_args, key: dict, resume, builder: bool, rank: int =
     folder = blocks.cache_folder(data_args.cache_root(), {**key, "tokenizer": blocks.tokenizer_digest(tok),
                                                           "block_size": data_args.block_size})
     stats = ReadStats()
-    cache.once(folder, lambda tmp: blocks.write(tmp, split.documents(data_args, stats), tok, data_args.block_size, stats.bytes),
-               builder, "token cache")
+
+    def fill(tmp: Path) -> None:
+        blocks.write(tmp, split.documents(data_args, stats), tok, data_args.block_size, stats.bytes)
+        meta = json.loads((tmp / "meta.json").read_text())  # what only the whole pass knows, kept with the blocks
+        for name in blocks.SPLITS:
+            meta["stats"][name]["duplicates"] = stats.duplicates[name]
+        if stats.in_train is not None:
+            meta["stats"]["test"]["in_train"] = stats.in_train
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if builder and blocks.load(folder) is None and (line := estimate(key, len(tok))):
+        print(line, flush=True)
+    cache.once(folder, fill, builder, "token cache")
     meta = blocks.load(folder)
     if stats.records:
         print(f"read {stats.records:,} records: {stats.empty:,} empty texts dropped, {stats.skipped:,} bad records skipped", flush=True)
+    if meta["stats"]["test"].get("in_train"):
+        test = meta["stats"]["test"]
+        print(f"warning: {test['in_train']:,} of the {test['documents']:,} documents of the validation_file "
+              f"{data_args.validation_file} are also in the train_file {data_args.train_file} (the same text), so eval "
+              "loss and bits per byte on them measure what the model memorised, not what it learned. Give a "
+              "validation_file held out from the training data, or leave validation_file out: the split of the "
+              "train_file keeps identical texts on one side.", flush=True)
     datasets = blocks.datasets(folder, meta)
-    check_eval_split(meta["stats"]["test"], data_args.block_size)
+    check_eval_split(meta["stats"]["test"], data_args.block_size, meta["stats"]["train"].get("duplicates", 0))
     if len(datasets["train"]) == 0:
         raise UserError(f"The training split has {meta['stats']['train']['tokens']:,} tokens, fewer than one block of "
                         f"{data_args.block_size}. Give more data or lower --block_size.")
@@ -73,7 +127,9 @@ def describe(meta: dict, output_dir: Path, main_process: bool) -> dict:
     """Print what the splits hold (and warn when one document dominates the evaluation); write data_stats.json."""
     stats = {s: meta["stats"][s] for s in ("train", "test")}
     print("data: " + "; ".join(f"{s}: streamed from the files" if v.get("streaming") else
-                               f"{s}: {v['documents']:,} documents, {v['tokens']:,} tokens, {v['blocks']:,} blocks "
+                               f"{s}: {v['documents']:,} documents"
+                               f"{f' ({d:,} of them repeat an earlier text)' if (d := v.get('duplicates')) else ''}, "
+                               f"{v['tokens']:,} tokens, {v['blocks']:,} blocks "
                                f"({v['tokens_in_blocks'] / max(v['tokens'], 1):.2%} of tokens in blocks)"
                                for s, v in stats.items()), flush=True)
     test = stats["test"]

@@ -2,6 +2,8 @@
 its texts in order, names the file and line of a bad record, and can start again at a record's offset."""
 import codecs
 import json
+import lzma
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -14,13 +16,15 @@ CHUNK = 1 << 20  # bytes read at a time from a JSON array: bounded memory whatev
 
 @dataclass
 class ReadStats:
-    """What reading saw: records read, empty texts dropped, bad records skipped."""
+    """What reading saw: records read, empty texts dropped, bad records skipped; and, filled by split.documents once
+    every document was read, each split's bytes and duplicate texts, and the validation documents also in training."""
 
     records: int = 0
     empty: int = 0
     skipped: int = 0
     bytes: dict = field(default_factory=lambda: {"train": 0, "test": 0})
-
+    duplicates: dict = field(default_factory=lambda: {"train": 0, "test": 0})
+    in_train: int | None = None
 
 
 # ---- readers: each yields (where, record, offset): `where` names the file and line for error messages, and `offset`
@@ -209,6 +213,33 @@ def _hub_records(name: str, config: str | None, start: int = 0) -> Iterator[tupl
                         "Without network, download the files (Hugging Face or ModelScope) and pass --train_file PATH.") from None
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged, truncated, vanished or forbidden file raises (gzip and bz2 raise EOFError and OSError)."""
+    import pyarrow
+
+    errors = (OSError, EOFError, lzma.LZMAError, zlib.error, pyarrow.ArrowException)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _unreadable(path: str, error: BaseException, last: str | None) -> UserError:
+    """One paragraph for a file that cannot be read on: which file, how far it was read, why, and what to do."""
+    at = f"after {last.removeprefix(path + ': ')}" if last else "at its start"
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"{path} disappeared while it was being read ({at}): it was deleted or moved. Put it back, or "
+                         "remove it from the data and run again.")
+    if isinstance(error, PermissionError):
+        return UserError(f"{path} cannot be read ({at}): permission denied. Make it readable (chmod +r), or remove it "
+                         "from the data.")
+    why = " ".join(str(error).split()) or type(error).__name__
+    return UserError(f"{path} cannot be read {at}: {why}. The file is truncated or damaged (a download or copy cut "
+                     "short?): download or copy it again (check it with `gzip -t`, `bzip2 -t` or `xz -t` when it is "
+                     "compressed), or remove it from the data.")
+
+
 def read_texts(source: list[str] | str, text_column: str | None, skip: bool, stats: ReadStats,
                config: str | None = None, position: tuple[int, int] = (0, 0)) -> Iterator[tuple[str, int, int]]:
     """Yield (text, file index, offset) for every non-empty text of the files (or hub dataset id), in order,
@@ -216,27 +247,41 @@ def read_texts(source: list[str] | str, text_column: str | None, skip: bool, sta
     names = source if isinstance(source, list) else [source]
     for index in range(position[0], len(names)):
         start = position[1] if index == position[0] else 0
-        records = _records(names[index], skip, stats, start) if isinstance(source, list) else _hub_records(source, config, start)
-        column, seen = text_column, 0
-        for where, record, offset in records:
-            if not isinstance(record, dict):
-                _bad(where, f"expected a JSON object, found {type(record).__name__}", skip, stats)
-                continue
-            if column is None:
-                column = next((c for c in TEXT_COLUMNS if c in record), None)
-                if column is None:
-                    raise UserError(f"{where}: no text column; found {sorted(record)}. Pass --text_column NAME.")
-            if column not in record:
-                _bad(where, f"no '{column}' field; found {sorted(record)}", skip, stats)
-                continue
-            text = record[column]
-            if text is not None and not isinstance(text, str):
-                _bad(where, f"'{column}' is a {type(text).__name__}, not a string", skip, stats)
-                continue
-            stats.records, seen = stats.records + 1, seen + 1
-            if not text or not text.strip():
-                stats.empty += 1
-                continue
-            yield text, index, offset
-        if seen == 0 and start == 0 and isinstance(source, list) and len(source) == 1:
+        if not isinstance(source, list):
+            yield from _texts(_hub_records(source, config, start), index, text_column, skip, stats)
+            continue
+        last = [None]  # the last record read, for an error that stops the file after it
+        try:
+            seen = yield from _texts(_records(names[index], skip, stats, start), index, text_column, skip, stats, last)
+        except _read_errors() as e:
+            raise _unreadable(names[index], e, last[0]) from None
+        if seen == 0 and start == 0 and len(source) == 1:
             raise UserError(f"{names[index]} holds no records. Check that it is the right file.")
+
+
+def _texts(records, index: int, text_column: str | None, skip: bool, stats: ReadStats, last: list | None = None):
+    """The texts of one file's records (see read_texts); returns how many records it read."""
+    column, seen = text_column, 0
+    for where, record, offset in records:
+        if last is not None:
+            last[0] = where
+        if not isinstance(record, dict):
+            _bad(where, f"expected a JSON object, found {type(record).__name__}", skip, stats)
+            continue
+        if column is None:
+            column = next((c for c in TEXT_COLUMNS if c in record), None)
+            if column is None:
+                raise UserError(f"{where}: no text column; found {sorted(record)}. Pass --text_column NAME.")
+        if column not in record:
+            _bad(where, f"no '{column}' field; found {sorted(record)}", skip, stats)
+            continue
+        text = record[column]
+        if text is not None and not isinstance(text, str):
+            _bad(where, f"'{column}' is a {type(text).__name__}, not a string", skip, stats)
+            continue
+        stats.records, seen = stats.records + 1, seen + 1
+        if not text or not text.strip():
+            stats.empty += 1
+            continue
+        yield text, index, offset
+    return seen

@@ -50,7 +50,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def __init__(self, args, tokenizer, rank: int = 0, world: int = 1):
         _check(args)
         self.args, self.tokenizer, self.rank, self.world = args, tokenizer, rank, world
-        self.files = args.dataset_name or files.find_files(args.train_file)
+        self.files = args.dataset_name or files.train_files(args)[0]
         self.split = Split(args.split_seed, args.validation_split_percentage)
         self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "carry": [], "skip": 0}
         self.history = OrderedDict()
@@ -74,7 +74,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                                  self.args.dataset_config_name, position=(file, offset))
         for text, index, where in stream:
             start = start or (index, where, ordinal)
-            if ordinal % self.world == self.rank and not (not self.args.validation_file and self.split.is_test(ordinal)):
+            if ordinal % self.world == self.rank and not (not self.args.validation_file and self.split.is_test(text)):
                 texts.append(text)
             ordinal += 1
             if len(texts) == BATCH_DOCS:
@@ -162,9 +162,9 @@ def eval_blocks(args, tokenizer, max_blocks: int):
     packed into at most max_blocks blocks and kept in memory. Returns (blocks, stats)."""
     _check(args)
     if args.validation_file:
-        source, split = files.find_files(args.validation_file, "validation_file"), None
+        source, split = files.validation_files(args), None
     else:
-        source, split = args.dataset_name or files.find_files(args.train_file), Split(args.split_seed, args.validation_split_percentage)
+        source, split = args.dataset_name or files.train_files(args)[0], Split(args.split_seed, args.validation_split_percentage)
     texts, tokens, pieces, stats = [], 0, [], {"documents": 0, "tokens": 0, "bytes": 0}
 
     def flush():
@@ -175,9 +175,8 @@ def eval_blocks(args, tokenizer, max_blocks: int):
         stats["bytes"] += sum(len(t.encode()) for t in texts)
         texts = []
 
-    for ordinal, (text, *_) in enumerate(readers.read_texts(source, args.text_column, args.skip_bad_records, readers.ReadStats(),
-                                                         args.dataset_config_name)):
-        if split is None or split.is_test(ordinal):
+    for text, *_ in readers.read_texts(source, args.text_column, args.skip_bad_records, readers.ReadStats(), args.dataset_config_name):
+        if split is None or split.is_test(text):
             texts.append(text)
             if len(texts) == BATCH_DOCS:
                 flush()

@@ -166,6 +166,12 @@ def _train_child(data_args, model_args, folder: Path, result) -> None:
         result.send(None)
     except UserError as e:
         result.send(str(e))
+    except MemoryError:
+        result.send("Training the tokenizer ran out of memory. Lower --tokenizer_train_max_chars (peak memory grows "
+                    "~0.23 GB per million characters), or pass a ready tokenizer with --tokenizer_name_or_path.")
+    except Exception as e:  # noqa: BLE001 -- told in the parent's one paragraph, not as the child's traceback
+        result.send(f"Training the tokenizer failed ({type(e).__name__}: {e}). Pass a ready tokenizer with "
+                    "--tokenizer_name_or_path to go on, and report this with the command you ran.")
 
 
 def train_and_save(data_args, model_args, folder: Path) -> None:
@@ -192,13 +198,13 @@ def train_and_save(data_args, model_args, folder: Path) -> None:
         if child.is_alive():
             child.kill()
             child.join()
+    error = receive.recv() if receive.poll() else None  # the child's own account comes first: it names the file
+    if error:
+        raise UserError(error)
     if child.exitcode != 0:
         raise UserError(f"Training the tokenizer failed: its process ended with exit code {child.exitcode} "
                         "(a negative code is the signal that killed it; -9 is often the out-of-memory killer). "
                         "Lower --tokenizer_train_max_chars, or pass a ready tokenizer with --tokenizer_name_or_path.")
-    error = receive.recv() if receive.poll() else None
-    if error:
-        raise UserError(error)
 
 
 def choose(data_args, model_args, source: dict, resumed: str | None, builder: bool):

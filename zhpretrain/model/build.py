@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
-from ..config import REPO
+from ..config import REPO, SHAPE_RANGES, out_of_range
 from ..errors import UserError
 
 VOCAB_MULTIPLE = 64  # tensor cores and fused kernels prefer embedding rows in multiples of 64
@@ -90,7 +90,7 @@ def check_config(config, model_args, block_size: int) -> None:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    problems = []
+    problems = out_of_range(config, SHAPE_RANGES)  # a zero or negative size (the checks below skip zeros)
     if heads and hidden and hidden % heads and (getattr(config, "head_dim", None) or hidden // heads) * heads != hidden:
         problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: each head would be "
                         f"{hidden / heads:g} wide")
@@ -174,10 +174,16 @@ def build_model(config, seed: int, weights: str | None = None, init_from: str | 
                         "Check --model_config and --config_overrides.") from None
 
 
+def numel(p) -> int:
+    """A parameter's real size: under DeepSpeed ZeRO-3 each rank holds an empty placeholder (numel 0) whose size is
+    ds_numel; an FSDP2 DTensor already reports its global size."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
 def count_parameters(model) -> dict:
-    embeddings = {id(p): p.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+    embeddings = {id(p): numel(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
                   for p in m.parameters()}
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(numel(p) for p in model.parameters())
     return {"parameters": total, "embedding_parameters": sum(embeddings.values()),
             "non_embedding_parameters": total - sum(embeddings.values())}
 

@@ -92,8 +92,6 @@ def create_optimizer(model: nn.Module, training_args, muon_learning_rate: float)
     if sharded(training_args):
         raise UserError("--muon_learning_rate does not work with FSDP or DeepSpeed: Muon orthogonalises whole matrices, "
                         "and those shard them. Use DDP (the default with several GPUs), or leave Muon off.")
-    if muon_learning_rate <= 0:
-        raise UserError(f"--muon_learning_rate must be positive, not {muon_learning_rate}.")
     hidden, rest = split_parameters(model)
     if not hidden:
         raise UserError("--muon_learning_rate: this model has no hidden weight matrices for Muon.")

@@ -1,9 +1,11 @@
 """Decide the SwanLab mode, start the run on the main process, and never let the dashboard stop training."""
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
+from .. import secret
 from ..net import reachable
 
 MODES = ("cloud", "local", "offline", "disabled")
@@ -101,7 +103,11 @@ class Run:
 
 def start(run_args, training_args, main_process: bool, config: dict, checkpoint: str | None = None) -> Run:
     """Start SwanLab on the main process. Cloud falls back to local with a warning; any other failure disables it.
-    With a checkpoint to continue from, continue the SwanLab run stored in the output_dir."""
+    With a checkpoint to continue from, continue the SwanLab run stored in the output_dir.
+
+    Secrets never reach the tracker: the config is redacted (secret.py), and when the command line holds one, SwanLab's
+    own record of the command (its runtime probe reads /proc/self/cmdline) is turned off and the redacted command is
+    put in the config instead."""
     if not main_process:
         return Run()
     if "SWANLAB_PROJECT" in os.environ:  # swanlab 0.10 parses it as a nested setting and every init fails
@@ -113,13 +119,16 @@ def start(run_args, training_args, main_process: bool, config: dict, checkpoint:
     import swanlab
 
     name = run_args.swanlab_experiment_name or os.path.basename(os.path.normpath(training_args.output_dir))
+    command = secret.command(sys.argv)
+    config = secret.redact({**config, "command": " ".join(command)})
     init = dict(project=run_args.swanlab_project, experiment_name=name, log_dir=run_args.swanlab_log_dir, config=config)
     run_id = _saved_id(training_args.output_dir, checkpoint)
     if run_id:
         init.update(id=run_id, resume="allow")
     fallback = f"logging locally to {run_args.swanlab_log_dir} (see it with `swanlab watch {run_args.swanlab_log_dir}`)"
     try:
-        settings = swanlab.Settings(interactive=False)  # never block on a login prompt inside tmux or CI
+        # interactive=False: never block on a login prompt inside tmux or CI.
+        settings = swanlab.Settings(interactive=False, probe=swanlab.Settings.Probe(runtime=command == sys.argv))
         if mode == "cloud":
             try:
                 if not logged_in():

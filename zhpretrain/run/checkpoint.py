@@ -40,27 +40,44 @@ def read_side(checkpoint: str, name: str) -> dict | None:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """None when the checkpoint's state, weights, optimizer and scheduler load (and match their manifest); else what is wrong."""
-    import torch
-    from safetensors import safe_open
+    """None when every file of the checkpoint matches its manifest and what a resume reads loads; else what is wrong.
 
+    What a resume reads: trainer_state.json (with its step), the weights, the optimizer, the scheduler, the RNG states
+    and every JSON side file. A checkpoint without a manifest (the run died between the Trainer's save and ours) is
+    judged by those loads alone."""
     try:
-        json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / "trainer_state.json").read_text())
+        if not (isinstance(state, dict) and isinstance(state.get("global_step"), int) and isinstance(state.get("log_history"), list)):
+            return "trainer_state.json holds no step and log history"
     except (OSError, ValueError) as e:
         return f"trainer_state.json: {getattr(e, 'strerror', None) or e}"
     try:
         promised = json.loads((path / MANIFEST).read_text())
+        if not isinstance(promised, dict):
+            raise ValueError
     except FileNotFoundError:
         promised = {}  # killed between the Trainer's save and ours: the loads below still decide
     except (OSError, ValueError):
         return f"{MANIFEST} is unreadable"
-    found = cache.problems(path, promised)
+    try:
+        found = cache.problems(path, promised)
+    except (KeyError, TypeError, AttributeError):
+        return f"{MANIFEST} is unreadable"
     if found:
         return found[0]
+    return _load_problem(path)
+
+
+def _load_problem(path: Path) -> str | None:
+    import torch
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals  # what the Trainer allows when it loads the RNG states
+
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
     sharded = any(path.glob("pytorch_model_fsdp_*")) or any(path.glob("optimizer_*")) or any(path.glob("global_step*"))
     if not weights and not sharded:
         return "no weights file (model.safetensors)"
+    f = path
     try:
         for f in weights:
             if f.suffix == ".safetensors":
@@ -69,10 +86,14 @@ def checkpoint_problem(path: Path) -> str | None:
             else:
                 torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         if not sharded:
-            for name in ("optimizer.pt", "scheduler.pt"):
-                f = path / name
+            for f in (path / "optimizer.pt", path / "scheduler.pt"):
                 torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # safetensors, zip and pickle errors have many types: any failure to load means damaged
+        for f in sorted(path.glob("rng_state*.pth")):
+            with safe_globals():
+                torch.load(f, map_location="cpu", weights_only=True)
+        for f in sorted(path.glob("*.json")):
+            json.loads(f.read_text())
+    except Exception as e:  # safetensors, zip, pickle and JSON errors have many types: any failure to load means damaged
         return f"{f.name} does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None
 
@@ -101,18 +122,8 @@ def last_checkpoint(output_dir: Path, move_aside: bool = False) -> str | None:
     return None
 
 
-def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
-    """The step of a checkpoint already at this run's last step (the Trainer would train one step more on resume)."""
-    if not checkpoint:
-        return None
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    last = max_steps if max_steps > 0 else state["max_steps"]  # epoch-based runs: the total the Trainer computed then
-    return state["global_step"] if 0 < last <= state["global_step"] else None
-
-
 def write_manifest(checkpoint: Path) -> None:
-    """Sizes and digests of the checkpoint's state, weights, optimizer and scheduler, so later damage is noticed."""
-    files = [p for p in checkpoint.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt")
-                                                                 or p.name == "trainer_state.json")]
+    """Sizes and digests of every file of the checkpoint (sharded weights' subfolders included), so later damage to any
+    of them is noticed and the checkpoint is skipped instead of crashing the resume."""
+    files = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")]
     write_json(checkpoint / MANIFEST, cache.manifest(files, checkpoint))
-

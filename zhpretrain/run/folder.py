@@ -11,10 +11,10 @@ from .resume import IDENTITY
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A folder this project wrote: it has our lock or identity file, or checkpoints, or a final model with data stats."""
+    """A folder this project wrote: it has our lock or identity file, or a checkpoint holding our manifest. Names a user
+    may have chosen too (final/, data_stats.json, checkpoint-N/ of another tool) prove nothing."""
     return any((folder / name).exists() for name in (LOCK, IDENTITY)) or \
-        any(checkpoint.CHECKPOINT.match(p.name) for p in folder.iterdir()) or \
-        ((folder / "final").is_dir() and (folder / "data_stats.json").is_file())
+        any(checkpoint.CHECKPOINT.match(p.name) and (p / checkpoint.MANIFEST).is_file() for p in folder.iterdir())
 
 
 def check_folder(output_dir: Path, allow_existing: bool) -> None:

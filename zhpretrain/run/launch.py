@@ -8,7 +8,8 @@ import torch
 from ..errors import UserError
 
 # How long the launcher lets the processes finish after Ctrl-C before it kills them: they save a checkpoint first,
-# and torchrun's own 30 s is too short for a large model on a slow disk.
+# and torchrun's own 30 s is too short for a large model on a slow disk. Older torchruns have no such flag (pytorch
+# PR #172596 added it in 2026) and refuse any they do not know, so it is passed only where the parser has it.
 SHUTDOWN_TIMEOUT = 900
 
 
@@ -45,8 +46,16 @@ def command(nproc_per_node: str, argv: list[str]) -> list[str] | None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 1 and gpus <= 1:
         return None
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-            f"--shutdown_timeout={SHUTDOWN_TIMEOUT}", sys.argv[0], *argv]
+    shutdown = [f"--shutdown_timeout={SHUTDOWN_TIMEOUT}"] if _has_option("--shutdown_timeout") else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *shutdown,
+            sys.argv[0], *argv]
+
+
+def _has_option(flag: str) -> bool:
+    """Whether this torch's torchrun accepts the flag (read from its own parser, not guessed from its version)."""
+    from torch.distributed.run import get_args_parser
+
+    return any(flag in action.option_strings for action in get_args_parser()._actions)
 
 
 def relaunch(cmd: list[str]) -> None:

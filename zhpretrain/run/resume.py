@@ -35,6 +35,7 @@ class Resume:
 
     checkpoint: str | None
     identity: dict  # this run's (the tokenizer joins it in record())
+    source: dict | None = None  # the data's key (data/prepare.py source): names the caches
     done: int | None = None  # the checkpoint's step when it already finished: evaluate, save and sample, train nothing
     budget: dict | None = None  # the time budget's state saved in the checkpoint
     tokenizer: str | None = None  # the checkpoint's own tokenizer folder: its embeddings were trained for exactly that one
@@ -47,13 +48,22 @@ class Resume:
                             "with fewer processes. Resume it the way it was started, or use a new --output_dir.")
         return state
 
-    def record(self, output_dir: Path, tok_digest: str, main_process: bool) -> None:
-        """Add the tokenizer to the identity (a resume must keep it) and record the identity in output_dir."""
+    def record(self, output_dir: Path, tok_digest: str) -> None:
+        """Add the tokenizer to the identity (a resume must keep it) and record the identity in output_dir. Every rank
+        must hold rank 0's tokenizer (a node that trained its own from other data would train other embeddings)."""
+        mine = tok_digest
+        tok_digest = from_rank0(lambda: mine)
+        if mine != tok_digest:
+            raise UserError(f"This process's tokenizer ({mine[:12]}) differs from rank 0's ({tok_digest[:12]}): the nodes "
+                            "read different data or tokenizer files. Give every node the same --train_file contents and "
+                            "--tokenizer_name_or_path (or one shared --cache_dir).")
         self.identity["tokenizer"] = tok_digest
-        if self.checkpoint:
-            check_identity(output_dir, self.checkpoint, {"tokenizer": tok_digest}, allow=False)
-        if main_process:
+
+        def check_and_write():
+            if self.checkpoint:
+                check_identity(output_dir, self.checkpoint, {"tokenizer": tok_digest}, allow=False)
             write_identity(output_dir, self.identity)
+        from_rank0(check_and_write)
 
 
 def identity(source: dict, training_args, config, data_args, run_args) -> dict:
@@ -73,13 +83,23 @@ def recipe_identity(data_args, run_args) -> dict:
     return {k: v for k, v in values.items() if v != RECIPE_DEFAULTS[k]}
 
 
-def decide(output_dir: Path, source: dict, config, shape: dict, data_args, run_args, training_args,
-           main_process: bool) -> Resume:
-    """The newest checkpoint that really loads, checked against the run that wrote it (see the module's text)."""
-    found = checkpoint.last_checkpoint(output_dir, move_aside=main_process)
+def decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict) -> Resume:
+    """The newest checkpoint that really loads, checked against the run that wrote it (see the module's text).
+
+    Decided once, by rank 0, and handed to every rank: on the shared filesystem a multi-node run needs, another rank could
+    list the folder differently (attribute caching, a scan racing rank 0's move of a damaged checkpoint) and resume at
+    another step. Rank 0 also computes the data's key (it reads every file's digest once, not once per rank)."""
+    return from_rank0(lambda: _decide(output_dir, data_args, run_args, training_args, config, shape))
+
+
+def _decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict) -> Resume:
+    from ..data import prepare  # the data's key: what the data is (files and their digests) and how it is split
+
+    found = chosen(output_dir, training_args.resume_from_checkpoint) or checkpoint.last_checkpoint(output_dir, move_aside=True)
+    source = prepare.source(data_args)
     run_identity = identity(source, training_args, config, data_args, run_args)
     if not found:
-        return Resume(None, run_identity)
+        return Resume(None, run_identity, source)
     old = read_identity(output_dir) or {}
     check_identity(output_dir, found, run_identity, run_args.allow_resume_changes)
     check_optimizer(found, old.get("training", {}), run_identity["training"])
@@ -87,14 +107,56 @@ def decide(output_dir: Path, source: dict, config, shape: dict, data_args, run_a
     budget = check_budget(found, run_args)
     done = finished_step(found, training_args.max_steps, budget)
     tokenizer = found if (Path(found) / "tokenizer.json").is_file() else None
-    return Resume(found, run_identity, done=done, budget=budget, tokenizer=tokenizer)
+    return Resume(found, run_identity, source, done=done, budget=budget, tokenizer=tokenizer)
+
+
+def chosen(output_dir: Path, asked: str | None) -> str | None:
+    """The checkpoint --resume_from_checkpoint names, when it names one of this run's: a user pointing at a checkpoint
+    means it (None: not given, or "true"/"last", the newest that loads)."""
+    if not asked or asked.lower() in ("true", "last", "latest"):
+        return None
+    path = Path(asked).expanduser().resolve()
+    if path.parent != Path(output_dir).expanduser().resolve() or not checkpoint.CHECKPOINT.match(path.name):
+        raise UserError(f"--resume_from_checkpoint {asked} is not a checkpoint-N folder of this run's --output_dir "
+                        f"{output_dir}: a run resumes only its own checkpoints (its identity, budget and data position live "
+                        "there). To start from another run's weights use --init_from FOLDER (a final/ or checkpoint-N "
+                        "folder) with a new --output_dir; to resume that run, give its --output_dir.")
+    problem = checkpoint.checkpoint_problem(path) if path.is_dir() else "it does not exist"
+    if problem:
+        raise UserError(f"--resume_from_checkpoint {asked} cannot be resumed: {problem}. Name another checkpoint-N of "
+                        f"{output_dir}, or leave the option out to resume the newest one that loads.")
+    return str(path)
+
+
+def from_rank0(compute):
+    """compute() on rank 0, its result (or its error) on every rank: the one way a launch agrees on a decision."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return compute()
+    payload = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [("ok", compute())]
+        except UserError as e:
+            payload = [("error", str(e))]
+        except BaseException as e:  # any other failure: the other ranks must not wait for an answer that never comes
+            dist.broadcast_object_list([("crash", f"rank 0 failed: {type(e).__name__}: {e}")], src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "ok":
+        return value
+    if kind == "error":
+        raise UserError(value)
+    raise RuntimeError(value)
 
 
 def finished_step(found: str, max_steps: int, budget: dict | None) -> int | None:
     """The step of a checkpoint already at this run's last step (the Trainer would train one step more on resume): at
     max_steps (or the epochs' total), or at the end of its budget's decay."""
     state = json.loads((Path(found) / "trainer_state.json").read_text())
-    last = max_steps if max_steps > 0 else state["max_steps"]  # epoch-based runs: the total the Trainer computed then
+    last = max_steps if max_steps > 0 else state.get("max_steps", 0)  # epoch-based runs: the total the Trainer computed then
     if 0 < last <= state["global_step"]:
         return state["global_step"]
     if budget and budget.get("decay_start") is not None and budget["step"] >= budget["decay_start"] + budget["decay_steps"]:
@@ -103,7 +165,12 @@ def finished_step(found: str, max_steps: int, budget: dict | None) -> int | None
 
 
 def check_optimizer(found: str, old: dict, new: dict) -> None:
-    """AdamW's saved state does not fit Muon + AdamW, nor the reverse: even --allow_resume_changes cannot switch."""
+    """AdamW's saved state does not fit Muon + AdamW, nor the reverse, nor another --optim's: even --allow_resume_changes
+    cannot switch (its other training settings do take effect from the resumed step on: trainer.py)."""
+    if old.get("optim") and new.get("optim") and old["optim"] != new["optim"]:
+        raise UserError(f"{found} was trained with --optim {old['optim']} and this run uses {new['optim']}: the checkpoint's "
+                        "optimizer state does not fit another optimizer. Resume with --optim "
+                        f"{old['optim']}, or start a new --output_dir.")
     if (old.get("muon_learning_rate") is None) != (new.get("muon_learning_rate") is None):
         was, now = ("AdamW", "Muon + AdamW") if new.get("muon_learning_rate") is not None else ("Muon + AdamW", "AdamW")
         raise UserError(f"{found} was trained with {was} and this run uses {now} (--muon_learning_rate): the checkpoint's "

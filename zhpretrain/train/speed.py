@@ -31,11 +31,13 @@ GPU_PEAK_TFLOPS = {
 def matmul_parameters(model) -> int:
     """Parameters that take part in a matrix multiply per token: all but the input embedding (a lookup), except when it is
     tied to the output layer, whose multiply it then is."""
-    total = sum(p.numel() for p in model.parameters())  # a tied weight is counted once
+    from ..model.build import numel
+
+    total = sum(numel(p) for p in model.parameters())  # a tied weight is counted once
     embedding = model.get_input_embeddings().weight
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
-    return total if tied else total - embedding.numel()
+    return total if tied else total - numel(embedding)
 
 
 def flops_per_token(model, block_size: int) -> float:

@@ -7,6 +7,7 @@ import torch
 from transformers import Trainer
 
 from ..data import blocks
+from ..errors import UserError
 from ..data.stream import StreamingBlocks
 from ..model import attention, optim
 from ..report import console
@@ -53,6 +54,29 @@ class PretrainTrainer(Trainer):
         self.nonfinite_losses = bad if self.nonfinite_losses is None else self.nonfinite_losses + bad
         return loss
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The checkpoint brings the optimizer's state (its moments, its step count) and the scheduler's step; the settings
+        are this run's. torch restores the saved ones with the state, so a learning rate, weight decay, beta or epsilon
+        changed under --allow_resume_changes would be announced and not used: put this run's back."""
+        fresh = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in self.optimizer.param_groups]
+        schedule = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
+        base = list(getattr(schedule, "base_lrs", []))
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.is_deepspeed_enabled:
+            return
+        for group, settings in zip(self.optimizer.param_groups, fresh):
+            group.update(settings)
+        if base and list(schedule.base_lrs) != base:  # the schedule's factor at this step stays; its peak is this run's
+            for group, old, new in zip(self.optimizer.param_groups, schedule.base_lrs, base):
+                group["lr"], group["initial_lr"] = group["lr"] * new / old if old else new, new
+            schedule.base_lrs = base
+            schedule._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's total_flos: our FLOPs per token (speed.flops_per_token, computed once) times the tokens. The
+        Trainer's own count walks every parameter on every micro-step."""
+        return int(self.flops_per_token * inputs["input_ids"].numel())
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and self.budget is not None and self.budget.minutes:  # see budget.py
             self.lr_scheduler = self.budget.make_scheduler(optimizer or self.optimizer, self.args.get_warmup_steps(num_training_steps))
@@ -61,20 +85,26 @@ class PretrainTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """Our side files first, then the Trainer's files (trainer_state.json, the mark of a complete checkpoint, last),
-        then the manifest of them all: the whole of it counts as saving, not training."""
+        then, once every rank's files are in, the manifest of them all. The whole of it counts as saving, on every rank:
+        the ranks wait for rank 0 inside the pause (the barriers), not in their next step's all-reduce, where the wait
+        would count as training time and eat the budget of a multi-process run."""
         target = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
         try:
             with self.clock.paused("saving"):
                 checkpoint.write_side_files(target, {k: v for files in self.side_files for k, v in files(self.state.global_step).items()})
                 super()._save_checkpoint(model, trial)
+                self.accelerator.wait_for_everyone()
                 if self.is_world_process_zero():
                     checkpoint.write_manifest(target)
+                self.accelerator.wait_for_everyone()
         except Exception as e:  # see folder.save_error: torch reports a full disk as a RuntimeError
             raise folder.save_error(target, e) from None
 
     def evaluate(self, *args, **kwargs):
-        with self.clock.paused("evaluation"):  # the sample callbacks run inside it too
-            return super().evaluate(*args, **kwargs)
+        with self.clock.paused("evaluation"):  # the sample callbacks (rank 0 only) run inside it too: every rank waits here
+            metrics = super().evaluate(*args, **kwargs)
+            self.accelerator.wait_for_everyone()
+            return metrics
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         step = self.state.global_step
@@ -92,12 +122,32 @@ class PretrainTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def global_batch(training_args, block_size: int, streaming: bool) -> dict:
-    """The batch shape of one optimizer step (recorded in each checkpoint: resume.check_shape)."""
+def global_batch(training_args, block_size: int, streaming: bool, global_batch_tokens: int | None = None) -> dict:
+    """The batch of one optimizer step (recorded in each checkpoint: resume.check_shape).
+
+    With global_batch_tokens, the step's sequences are fixed and split over the processes as nanoGPT does: each rank
+    takes sequences / world of them in micro-batches of at most per_device_train_batch_size (the largest such size
+    that divides its share), and gradient_accumulation_steps is what is left. So the same preset trains the same
+    schedule, step by step, on any number of GPUs, and a resume under another world size continues it."""
     world = training_args.world_size
+    lowered = None
+    if global_batch_tokens:
+        sequences, rest = divmod(global_batch_tokens, block_size)
+        if rest or sequences % world:
+            raise UserError(f"global_batch_tokens {global_batch_tokens:,} is not a whole number of sequences of block_size "
+                            f"{block_size} for each of the {world} processes. Give a multiple of {block_size * world:,} "
+                            f"(block_size x processes), e.g. {max(1, round(global_batch_tokens / (block_size * world))) * block_size * world:,}.")
+        share, micro = sequences // world, training_args.per_device_train_batch_size
+        micro = max(m for m in range(1, min(micro, share) + 1) if share % m == 0)
+        if micro != training_args.per_device_train_batch_size:
+            lowered = training_args.per_device_train_batch_size
+        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps = micro, share // micro
     sequences = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
     print(f"global batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
-          f"accumulation x {world} processes = {sequences} sequences = {sequences * block_size:,} tokens per step", flush=True)
+          f"accumulation x {world} processes = {sequences} sequences = {sequences * block_size:,} tokens per step" +
+          (" (global_batch_tokens: the same on any number of processes" +
+           (f"; per_device_train_batch_size lowered from {lowered} to divide each process's share)" if lowered else ")")
+           if global_batch_tokens else ""), flush=True)
     return {"world_size": world, "per_device_train_batch_size": training_args.per_device_train_batch_size,
             "gradient_accumulation_steps": training_args.gradient_accumulation_steps, "sequences_per_step": sequences,
             "block_size": block_size, "streaming": streaming}
@@ -107,6 +157,10 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
     """The Trainer with every callback, the time budget, the console and the side files in their order."""
     data_args, run_args, training_args = args
     main_process = training_args.process_index == 0
+    # The Trainer's NaN filter evaluates `isnan(loss) or isinf(loss)` as a Python bool on every micro-step: a host-device
+    # synchronisation on a GPU. PretrainTrainer.training_step counts non-finite losses on the device instead, and Guard
+    # stops the run on one at the next logging step, where the logged loss would have hidden it (the filter replaces it).
+    training_args.logging_nan_inf_filter = False
     if data_args.streaming:
         training_args.ignore_data_skip = True  # the stream restores its own position: no replay of skipped batches
     samples = callbacks.SampleCallback(tok, run_args.sample_prompts, run_args.max_new_tokens, tracker.log_samples,
@@ -126,7 +180,8 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
         train_dataset=datasets["train"],
         eval_dataset=datasets["test"],
         processing_class=tok,
-        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention),
+        data_collator=attention.collator(tok.eos_token_id, data_args.document_attention, model.config._attn_implementation,
+                                        attention.windowed(model.config)),
         callbacks=[stop, guard, samples] + ([tracker.callback] if tracker.callback else []),
         bytes_per_token=blocks.label_bytes_per_token(datasets["test"], tok),  # exactly the tokens evaluated
         tokens_per_step=shape["sequences_per_step"] * data_args.block_size,

@@ -1,0 +1,102 @@
+"""One launch, one truth: real two-process runs (gloo on the CPU) with faults injected where a GPU cluster would show
+them: a rank that lists the checkpoints differently, a rank 0 whose saves are slow, a resume under another world size,
+and a preset whose global batch must not grow with the number of processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO, REPO, failure, run_pretrain
+
+pytestmark = pytest.mark.slow  # two-process launches: minutes on two cores; `make test-all` and CI run them
+
+TINY = ["--block_size", 32, "--tokenizer_vocab_size", 300, "--eval_on_start", "false", "--logging_steps", 1,
+        "--swanlab_mode", "disabled", "--eval_steps", 100]
+
+# Runs pretrain.py as torchrun starts it, after injecting the fault FAULT names into this rank.
+FAULTY = """
+import json, os, runpy, sys, time
+sys.path.insert(0, {repo!r})
+fault, rank = os.environ["FAULT"], int(os.environ.get("RANK", "0"))
+if fault == "listing" and rank == 1:  # this rank's view of the shared folder shows no checkpoint at all
+    from zhpretrain.run import checkpoint
+    checkpoint.last_checkpoint = lambda *a, **k: None
+if fault == "slow_save":
+    from zhpretrain.run import checkpoint
+    from zhpretrain.train.trainer import PretrainTrainer
+    save, train = checkpoint.write_manifest, PretrainTrainer.train
+    def slow_save(*a, **k):
+        time.sleep(2.0)  # a slow disk under rank 0's digests of the checkpoint (only rank 0 writes the manifest)
+        return save(*a, **k)
+    def train_and_record(self, *a, **k):
+        result = train(self, *a, **k)
+        record = {{"training": self.clock.training_seconds(), **self.clock.spent}}
+        with open(os.path.join(self.args.output_dir, f"clock-rank{{rank}}.json"), "w") as f:
+            f.write(json.dumps(record))
+        return result
+    checkpoint.write_manifest, PretrainTrainer.train = slow_save, train_and_record
+sys.argv = [{pretrain!r}, *sys.argv[1:]]
+runpy.run_path({pretrain!r}, run_name="__main__")
+"""
+
+
+def faulty(tmp_path, fault: str, *args, timeout=600):
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY.format(repo=str(REPO), pretrain=str(REPO / "pretrain.py")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, *args]
+    return subprocess.run(list(map(str, cmd)), cwd=tmp_path, env={**os.environ, "FAULT": fault},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def history(ck):
+    return [h for h in json.loads((ck / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+
+
+def test_small_preset_trains_the_same_steps_on_one_and_two_processes(tmp_path):
+    # small.yaml's schedule (warmup, cosine, peak learning rate) and its global_batch_tokens; a tiny width, block and
+    # batch so a step takes a second: 512 tokens = 16 sequences of 32, at most 4 per device.
+    small = [REPO / "configs" / "small.yaml", "--train_file", DEMO, *TINY, "--global_batch_tokens", 512,
+             "--per_device_train_batch_size", 4, "--max_steps", 3, "--save_steps", 3, "--bf16", "false",
+             "--config_overrides", "hidden_size=64,intermediate_size=128,num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=1"]
+    runs = {}
+    for n in (1, 2):
+        proc = run_pretrain(*small, "--nproc_per_node", n, "--output_dir", tmp_path / f"n{n}", "--cache_dir", tmp_path / "cache",
+                            cwd=tmp_path)
+        assert proc.returncode == 0, failure(proc.stdout)
+        assert f"4 per device x {4 // n} accumulation x {n} processes = 16 sequences = 512 tokens per step (global_batch_tokens" \
+            in proc.stdout, proc.stdout[-3000:]
+        runs[n] = history(tmp_path / f"n{n}" / "checkpoint-3")
+    for key in ("learning_rate", "tokens_seen", "step"):
+        assert [h[key] for h in runs[1]] == [h[key] for h in runs[2]], key
+    assert [h["learning_rate"] for h in runs[1]] == pytest.approx([1e-3 * k / 500 for k in (0, 1, 2)])  # warmup 500: step k+1 uses k/500
+
+
+def test_a_rank_that_lists_no_checkpoint_still_resumes_where_rank_0_decided(tmp_path):
+    # One process writes checkpoint-2 with 8 sequences a step; two processes (4 each, another world size) resume it, and
+    # rank 1 is made to see an empty folder. Without rank 0's decision broadcast, rank 1 trains from step 0 and the
+    # replicas disagree on the step (a hang or a crash at the end).
+    common = [*TINY, "--per_device_train_batch_size", 8, "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache",
+              "--save_steps", 2, "--learning_rate", 1e-3]
+    first = run_pretrain(*common, "--max_steps", 2, cwd=tmp_path)
+    assert first.returncode == 0, failure(first.stdout)
+    proc = faulty(tmp_path, "listing", *common, "--max_steps", 4, "--per_device_train_batch_size", 4,
+                  "--allow_resume_changes", "true", timeout=400)
+    assert proc.returncode == 0, failure(proc.stdout)
+    assert f"resuming from {tmp_path / 'out' / 'checkpoint-2'}" in proc.stdout
+    steps = history(tmp_path / "out" / "checkpoint-4")
+    assert [h["step"] for h in steps] == [1, 2, 3, 4]
+    assert [h["tokens_seen"] for h in steps] == [s * 8 * 32 for s in (1, 2, 3, 4)]  # the same global batch after the resume
+
+
+def test_rank_0s_slow_saves_are_not_training_time_on_any_rank(tmp_path):
+    # Rank 0 takes 2 s more for each of its 3 saves (after the Trainer's own files, whose save ends in a barrier of its
+    # own). Without the barriers inside our save, rank 1 goes on to its next step and waits for rank 0 in the gradient
+    # all-reduce: 6 s on its training clock, which the time budget (the largest clock of any rank) counts as training.
+    proc = faulty(tmp_path, "slow_save", *TINY, "--per_device_train_batch_size", 4, "--max_steps", 6, "--save_steps", 2,
+                  "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", timeout=400)
+    assert proc.returncode == 0, failure(proc.stdout)
+    clocks = [json.loads((tmp_path / "out" / f"clock-rank{r}.json").read_text()) for r in (0, 1)]
+    assert clocks[0]["saving"] >= 6 and clocks[1]["saving"] >= 5, clocks  # rank 1 waited for rank 0 inside its pause
+    assert abs(clocks[1]["training"] - clocks[0]["training"]) < 2.5, clocks
