@@ -11,8 +11,9 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-all
 
+# The preset is named: without one, pretrain.py trains the tutorial preset (hours) once its corpus is in data/.
 demo: $(VENV)/.runtime
-	$(PY) pretrain.py
+	$(PY) pretrain.py configs/demo.yaml
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

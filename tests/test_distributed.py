@@ -151,4 +151,4 @@ def test_plain_python_pretrain_starts_its_own_processes_and_counts_every_sequenc
     history = json.loads((tmp_path / "out" / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
     logged = [h for h in history if "loss" in h]
     assert [h["tokens_seen"] for h in logged] == [s * 2 * 4 * 64 for s in (2, 4, 6, 8)]
-    assert all(h["tokens_per_second"] > 0 and 0 < h["mfu"] < 1 for h in logged)
+    assert all(h["tokens_per_second"] > 0 and "mfu" not in h for h in logged)  # a CPU has no peak without --peak_tflops

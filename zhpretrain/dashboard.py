@@ -7,6 +7,7 @@ are shown by the dashboard; offline-mode runs are not.
 """
 import argparse
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -80,14 +81,16 @@ def serve(swanlog, timeout: float = 60):
         log.close()
 
 
-def experiment(base: str, name: str | None = None) -> dict:
-    """The newest experiment with this name (any when None) in the dashboard's project list."""
-    found = [e for e in get(f"{base}/api/v1/project")["data"].get("experiments") or [] if name is None or e["name"] == name]
+def experiments(base: str, name: str | None = None) -> list[dict]:
+    """The experiments with this name (all when None) in the dashboard's project list. SwanLab's local mode names a
+    second experiment of one name NAME-1, a third NAME-2 (deprecated/local.py): a resumed run's are found too."""
+    same = re.compile(re.escape(name) + r"(-\d+)?") if name is not None else None
+    found = [e for e in get(f"{base}/api/v1/project")["data"].get("experiments") or [] if same is None or same.fullmatch(e["name"])]
     if not found:
         raise UserError(f"The SwanLab dashboard at {base} has no experiment" + (f" named '{name}'" if name else "") +
                         ". The experiment name is the run's output_dir name unless --swanlab_experiment_name set it; "
                         "pass it with --experiment.")
-    return max(found, key=lambda e: e["id"])
+    return found
 
 
 def points(base: str, experiment_id: int, tag: str = "train/loss") -> list[tuple[int, float]]:
@@ -117,10 +120,14 @@ def chromium(url: str, *args: str, timeout: float = 120) -> str:
 def screenshot(swanlog, out, name: str | None = None, tag: str = "train/loss") -> dict:
     """Screenshot the experiment's chart page into out; return its URL, the chart's points and the rendered page (DOM)."""
     out = Path(out)
+    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise UserError(f"--out '{out}' must be a PNG file name in a folder, and "
+                        + ("it is a folder." if out.is_dir() else "a file stands where a folder of its path should be."))
     out.parent.mkdir(parents=True, exist_ok=True)
     with serve(swanlog) as base:
-        exp = experiment(base, name)
-        curve = points(base, exp["id"], tag)
+        # Each start of a run in local mode is an experiment of its own (SwanLab 0.10 reopens none), an interrupted first
+        # start among them: the one that holds the whole curve has the most points; the newest of those.
+        curve, exp = max(((points(base, e["id"], tag), e) for e in experiments(base, name)), key=lambda c: (len(c[0]), c[1]["id"]))
         if not curve:
             raise UserError(f"The dashboard's chart {tag} of experiment '{exp['name']}' has no points: nothing to screenshot.")
         url = f"{base}/experiment/{exp['id']}"

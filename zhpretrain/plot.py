@@ -1,6 +1,6 @@
 """Pictures of a run folder (loss, bits per byte, learning rate) and of a trained model (attention map, RoPE).
 
-    python -m zhpretrain.plot runs/demo                     # curves, schedule, attention and RoPE into images/
+    python -m zhpretrain.plot runs/demo                     # curves, schedule, attention and RoPE into runs/demo/images/
     python -m zhpretrain.plot runs/demo --swanlog swanlog   # also a screenshot of the run in the local SwanLab dashboard
 
 Curves come from the newest complete checkpoint's trainer_state.json (the Trainer's own log), model pictures from the
@@ -195,13 +195,13 @@ def draw_rope(inv_freq, cos_table, theta: float, max_positions: int, title: str)
 
 
 def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     print(f"wrote {path}", flush=True)
     return path
 
 
-def model_pictures(model_dir, out: Path, sentence: str = SENTENCE, layer: int = -1, tokenizer: str | None = None) -> list[Path]:
+def model_pictures(model_dir, sentence: str = SENTENCE, layer: int = -1, tokenizer: str | None = None) -> dict:
+    """{file name: figure} of the model's attention map and RoPE, drawn in memory (nothing is written yet)."""
     from .generate import load
 
     model, tok = load(model_dir, tokenizer, attn_implementation="eager")  # SDPA does not return attention weights
@@ -209,37 +209,69 @@ def model_pictures(model_dir, out: Path, sentence: str = SENTENCE, layer: int = 
     layers = model.config.num_hidden_layers
     layer = layer % layers
     labels, ids, weights = attention(model, tok, sentence, layer)
-    written = [save(draw_attention(labels, ids, weights, layer, title), out / "attention.png")]
+    figures = {"attention.png": draw_attention(labels, ids, weights, layer, title)}
     positions = getattr(model.config, "max_position_embeddings", None) or 1024
     found = rope(model, min(positions, 256))
     if found is None:
         warnings.warn(f"{model.config.model_type} has no rotary position embedding: no RoPE picture.", stacklevel=1)
-        return written
+        return figures
     theta = (getattr(model.config, "rope_parameters", None) or {}).get("rope_theta", float("nan"))
-    written.append(save(draw_rope(*found, theta, positions, title), out / "rope.png"))
-    return written
+    figures["rope.png"] = draw_rope(*found, theta, positions, title)
+    return figures
 
 
 def run_name(run_dir) -> str:
     """The run's output_dir name (SwanLab's default experiment name), also when given one of its checkpoints."""
+    return run_folder(run_dir).name
+
+
+def run_folder(run_dir) -> Path:
+    """The run's output_dir, also when given its final/ or one of its checkpoints."""
     run_dir = Path(run_dir).resolve()
-    return run_dir.parent.name if re.fullmatch(r"checkpoint-\d+|final", run_dir.name) else run_dir.name
+    return run_dir.parent if re.fullmatch(r"checkpoint-\d+|final", run_dir.name) else run_dir
 
 
-def run_pictures(run_dir, out: Path) -> list[Path]:
+def run_pictures(run_dir) -> dict:
+    """{file name: figure} of the training curves and the learning rate, drawn in memory."""
     path = trainer_state(run_dir)
     data = curves(path)
     if not data["train_loss"] and not data["eval_loss"]:
         raise UserError(f"{path} has no loss in its log_history: nothing to draw.")
     title = f"{run_name(run_dir)} (from {path.parent.name})"
-    return [save(draw_curves(data, title), out / "curves.png"), save(draw_lr(data, title), out / "lr_schedule.png")]
+    return {"curves.png": draw_curves(data, title), "lr_schedule.png": draw_lr(data, title)}
+
+
+def check_out(out: Path) -> None:
+    """--out must be a folder or not exist yet, with no file on the way to it."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--out '{out}' cannot be a folder of pictures: '{folder}' is a file. Pass a folder "
+                                "(it is created if needed; files of the same names in it are replaced).")
+            return
+
+
+def check_dashboard(swanlog) -> None:
+    """What the screenshot needs, before anything is written: the swanlog database, swanlab's dashboard, a Chromium."""
+    import importlib.util
+
+    from .dashboard import BROWSERS, browser
+
+    if not (Path(swanlog) / "runs.swanlab").is_file():
+        raise UserError(f"--swanlog '{swanlog}' holds no SwanLab dashboard database (runs.swanlab): it is not the log folder of "
+                        "a run in local mode. Pass the run's --swanlab_log_dir (default: swanlog); nothing was written.")
+    if importlib.util.find_spec("swanboard") is None:
+        raise UserError("--swanlog needs the local SwanLab dashboard: pip install 'swanlab[dashboard]'. Nothing was written.")
+    if browser() is None:
+        raise UserError("--swanlog needs a Chromium for the screenshot (looked for " + ", ".join(BROWSERS) + "). "
+                        "Debian/Ubuntu: apt-get install chromium fonts-noto-cjk. Nothing was written.")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m zhpretrain.plot", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run's output_dir (curves from its newest checkpoint, model pictures from final/), "
                                    "a checkpoint-N/ folder, or any causal LM folder (model pictures only)")
-    p.add_argument("--out", default="images", help="folder the PNG files are written to (default: images)")
+    p.add_argument("--out", help="folder the PNG files are written to (default: the run folder's images/)")
     p.add_argument("--model", help="model folder for the attention and RoPE pictures (default: RUN_DIR/final)")
     p.add_argument("--tokenizer", help="tokenizer folder, when the model folder has none")
     p.add_argument("--sentence", default=SENTENCE, help="the sentence whose attention is drawn")
@@ -251,15 +283,27 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run_dir, out = Path(args.run_dir), Path(args.out)
+    run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"'{run_dir}' is not a folder. Pass a run's output_dir (e.g. runs/demo) or a model folder.")
+    # The run's own folder by default: never the repository's pictures, nor a model folder that may be published.
+    out = Path(args.out) if args.out else run_folder(run_dir) / "images"
+    check_out(out)
+    if args.swanlog:
+        check_dashboard(args.swanlog)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("The pictures need matplotlib: pip install matplotlib. Nothing was written.") from None
+    # Everything is drawn before anything is written: a failure leaves no half set of pictures.
     model_dir = Path(args.model) if args.model else next((d for d in (run_dir, run_dir / "final") if (d / "config.json").is_file()), None)
     has_log = any(run_dir.glob("checkpoint-*")) or (run_dir / "trainer_state.json").is_file()
-    if has_log or model_dir is None:
-        run_pictures(run_dir, out)
+    figures = run_pictures(run_dir) if has_log or model_dir is None else {}
     if model_dir is not None:
-        model_pictures(model_dir, out, args.sentence, args.layer, args.tokenizer)
+        figures.update(model_pictures(model_dir, args.sentence, args.layer, args.tokenizer))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        save(fig, out / name)
     if args.swanlog:
         from .dashboard import screenshot
 

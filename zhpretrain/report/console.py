@@ -1,6 +1,7 @@
 """The console: one compact line per Trainer log and every message written above the progress bar, and the same lines
 appended to output_dir/train.log."""
 import datetime
+import logging
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -77,9 +78,26 @@ class ConsoleProgress(ProgressCallback):
             write(format_log(logs, state.global_step, state.max_steps, eta))
 
 
+class TiedHeadFilter(logging.Filter):
+    """Drops the Trainer's warning that a resumed checkpoint lacks the output layer when that layer is the input
+    embedding itself (tied): it is saved once, under the embedding's name, and loading the embedding loads it."""
+
+    def __init__(self, model):
+        super().__init__()
+        output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        tied = output is not None and output.weight is embedding.weight
+        names = [f"{n}.weight" for n, m in model.named_modules() if m is output] if tied else []
+        self.message = f"There were missing keys in the checkpoint model loaded: {names}." if names else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.message is None or record.getMessage() != self.message
+
+
 def attach(trainer, output_dir: Path, main_process: bool) -> None:
-    """Swap the Trainer's progress (or printer) callback for ConsoleProgress, and start train.log on the main process."""
+    """Swap the Trainer's progress (or printer) callback for ConsoleProgress, and start train.log on the main process;
+    silence the Trainer's false alarm about a tied output layer on resume."""
     global _log_file
+    logging.getLogger("transformers.trainer").addFilter(TiedHeadFilter(trainer.model))
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ConsoleProgress(trainer.clock, bar=not trainer.args.disable_tqdm))

@@ -10,26 +10,28 @@ from ..net import reachable
 
 MODES = ("cloud", "local", "offline", "disabled")
 ID_FILE = "swanlab_id"  # in the output_dir: a resumed or re-run run continues this SwanLab run
-# The charts people read; everything else the Trainer logs (epoch, global step, runtimes, samples per second) goes
-# under trainer/, since SwanLab groups charts by the prefix before '/'.
-MAIN_CHARTS = {"train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/tokens_seen",
-               "eval/loss", "eval/perplexity", "eval/bits_per_byte"}
+# The curves a user watches, in this order. SwanLab 0.10.3's local dashboard puts every chart in one "default"
+# section whatever its prefix (swanlab/deprecated/local.py: section_name "default"), in the order each key was first
+# logged: so only these are logged, each payload in this order, and the bookkeeping the Trainer adds (epoch, global
+# step, evaluation runtime and samples per second, tokens seen, total FLOs, the one-dot single_value/ summaries) is
+# left out: it is in trainer_state.json and train.log. A run that evaluates at step 0 shows the eval/ curves first.
+CHARTS = ("train/loss", "eval/loss", "eval/bits_per_byte", "train/learning_rate", "train/grad_norm",
+          "train/tokens_per_second", "train/mfu", "eval/perplexity")
 
 
-def chart_key(key: str) -> str:
-    if key in MAIN_CHARTS or "/" not in key or key.startswith("single_value/"):
-        return key
-    split, name = key.split("/", 1)
-    return f"trainer/{name}" if split == "train" else f"trainer/{split}_{name}"
+def charts(payload: dict) -> dict:
+    """The payload's curves a user watches, in the order of CHARTS; everything else is dropped."""
+    return {key: payload[key] for key in CHARTS if key in payload}
 
 
 def make_callback():
-    """SwanLab's Trainer callback with our chart groups; it also replays a checkpoint's log history (see start)."""
+    """SwanLab's Trainer callback logging only CHARTS; it also replays a checkpoint's log history (see start)."""
     from swanlab.integration.transformers import SwanLabCallback, rewrite_logs
 
     class Callback(SwanLabCallback):
         def _log(self, payload, step: int) -> None:
-            super()._log({chart_key(k): v for k, v in payload.items()}, step)
+            if kept := charts(payload):
+                super()._log(kept, step)
 
         def replay(self, history: list[dict]) -> None:
             for entry in history:
@@ -89,10 +91,12 @@ class Run:
         self.swanlab, self.callback = swanlab, callback
 
     def log_samples(self, step: int, texts: list[str], label: str = "eval sample", key: str = "samples") -> None:
+        from ..model.sampling import printable
         from .console import write
 
-        for text in texts:
-            write(f"{label} @ step {step}: {text[:200]!r}")  # above the progress bar; repr keeps it on one line
+        texts = [printable(t) for t in texts]  # no control character reaches the console or the dashboard
+        for text in texts:  # above the progress bar, one line each (train.log is read line by line): a newline shows as ⏎
+            write(f"{label} @ step {step}: " + text.replace("\n", "\u23ce"))
         if self.swanlab is not None:
             self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
 

@@ -226,6 +226,15 @@ class TimeBudget(TrainerCallback):
         totals = self._launch()
         after = time.time() - self.ended[0] if self.ended else None
         launches = self.earlier["launches"] + (1 if self.ended else 0)
+        if not self.ended:  # this launch trained nothing: say so, then the run's own times as its checkpoint recorded them
+            e = self.earlier
+            line = (f"time: nothing left to train in this launch (the run was already at step {self.trainer.state.global_step:,}); it "
+                    f"took {duration(time.time() - self.clock.process_start)}")
+            if e["launches"]:
+                line += (f"; the run's training took {duration(e['training'])}, evaluation {duration(e['evaluation'])}, saving "
+                         f"{duration(e['saving'])}" + (f" over {e['launches']} launches" if e["launches"] > 1 else ""))
+            console.write(line)
+            return
         training = f"training {duration(totals['training'])}"
         if self.budget:
             training += f" of a {duration(self.budget)} budget"
@@ -237,8 +246,6 @@ class TimeBudget(TrainerCallback):
             line += f"; after training (final evaluation, save, sample) {duration(after)}"
         if launches > 1:
             line += f" (over {launches} launches, each resumed from its last checkpoint)"
-        elif not self.ended:
-            line += f" (nothing left to train in this launch: {duration(time.time() - self.clock.process_start)})"
         console.write(line)
         names = {"training": "training", "evaluation": "evaluation", "saving": "saving", "before": "before_training"}
         metrics = {f"time/{names[k]}_minutes": v / 60 for k, v in totals.items()}

@@ -1,6 +1,4 @@
 """How fast training runs against what the hardware could do: model FLOPs per token, the device's peak, and MFU."""
-import time
-
 import torch
 
 # Dense (no 2:4 sparsity) peak tensor throughput in TFLOPS from the vendors' datasheets: (bf16, fp16, tf32, fp32).
@@ -50,21 +48,6 @@ def flops_per_token(model, block_size: int) -> float:
     return 6 * matmul_parameters(model) + 12 * c.num_hidden_layers * c.num_attention_heads * head_dim * block_size
 
 
-def measured_matmul_flops(device: torch.device, dtype=torch.float32, size: int = 1024, seconds: float = 0.5) -> float:
-    """The best rate of a square matrix multiply on this device, in FLOP/s: a CPU has no datasheet peak we can look up
-    (cores, clocks and vector units vary), so its peak is what a large matmul reaches."""
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 4 * 2 * size ** 3 / (time.perf_counter() - start))
-    return best
-
-
 def peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> tuple[float | None, str]:
     """(peak FLOP/s of one device at this precision, where the figure comes from); (None, why) when unknown.
 
@@ -79,15 +62,32 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
                 if value is None:
                     return None, f"{name} has no {precision} tensor cores"
                 return value * 1e12, f"{name} datasheet, {precision} dense"
-        return None, f"{name} is not in the peak table (zhpretrain/speed.py): give --peak_tflops"
+        return None, f"{name} is not in the peak table (zhpretrain/train/speed.py): give --peak_tflops"
     if device.type == "cpu":
-        return measured_matmul_flops(device), f"measured {torch.get_num_threads()}-thread fp32 matmul"
+        # No datasheet peak to look up (cores, clocks and vector units vary), and a matmul timed at start-up measures the
+        # load of that moment: 0.05 TFLOPS in one launch, 0.21 in the next, and MFU "260%" once the load dropped.
+        return None, "a CPU has no datasheet peak: give --peak_tflops to log MFU"
     return None, f"no peak known for {device.type}: give --peak_tflops"
 
 
+_peak_too_low = False  # set once MFU came out above 100%: the peak is wrong, so no later MFU means anything
+
+
 def mfu(flops_token: float, tokens_per_second: float, peak: float | None, devices: int) -> float | None:
-    """Model FLOPs utilisation: the share of the devices' peak that the model's own arithmetic uses."""
-    return flops_token * tokens_per_second / (peak * devices) if peak else None
+    """Model FLOPs utilisation: the share of the devices' peak that the model's own arithmetic uses. None when the peak
+    is unknown, or once a value above 100% has shown the peak to be wrong (said once, then MFU is no longer logged)."""
+    global _peak_too_low
+    if not peak or _peak_too_low:
+        return None
+    value = flops_token * tokens_per_second / (peak * devices)
+    if value > 1:
+        from ..report.console import write
+
+        _peak_too_low = True
+        write(f"speed: MFU would be {value:.0%}, which is impossible: the peak of {peak / 1e12:,.3g} TFLOPS per device is "
+              "too low (check --peak_tflops); no MFU is logged from here on")
+        return None
+    return value
 
 
 def hardware(model, block_size: int, training_args, peak_tflops: float | None, main_process: bool):
