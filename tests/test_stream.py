@@ -1,5 +1,6 @@
 """Streaming: blocks packed on the fly, sharded once across ranks, a fixed held-out set, and exact O(1) resume."""
 import itertools
+import json
 import math
 import time
 
@@ -117,14 +118,15 @@ def test_an_error_in_the_producer_reaches_the_consumer_unchanged_where_it_happen
         take(stream.StreamingBlocks(few, tok), 1)
     assert "found no training text" in str(threaded.value) and str(threaded.value) == str(synchronous.value)
 
-    # A bad record after some good ones: every block before it arrives first, then readers.read_texts's error.
+    # A bad record after some good ones: every block before it arrives first, then readers.read_texts's error. (A
+    # shuffle window is read whole before its first block: windows of one tokenizer batch, as in file order.)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "陕西省是中国的一个省。" * 8} for _ in range(150)])
     bad.write_text(bad.read_text(encoding="utf-8") + "[1]\n", encoding="utf-8")
-    received, ds = [], stream.StreamingBlocks(args(train_file=str(bad)), tok)
+    received, ds = [], stream.StreamingBlocks(args(train_file=str(bad), shuffle_buffer_size=0), tok)
     with pytest.raises(UserError, match=r"bad.jsonl: line 151: expected a JSON object") as threaded:
         for block in ds:
             received.append(block["input_ids"].tolist())
-    expected, same = [], stream.StreamingBlocks(args(train_file=str(bad)), tok)
+    expected, same = [], stream.StreamingBlocks(args(train_file=str(bad), shuffle_buffer_size=0), tok)
     with pytest.raises(UserError) as synchronous:
         for _, block in same._blocks(same.state):
             expected.append(block["input_ids"].tolist())
@@ -246,3 +248,130 @@ def test_the_interpreter_waits_for_a_producer_busy_at_exit(tok, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert calls.read_text() == "2"  # the call in progress at exit finished
+
+
+# The shuffle buffer: windows of shuffle_buffer_size documents, permuted, resumed from (window start, emitted).
+W = 40  # documents per window: the demo's 114 training documents (at 10% held out) make two whole windows and a short one
+
+
+def training_texts(a):
+    """This rank's (rank 0 of 1) training documents in file order, read here with json and the split's own hash."""
+    split = stream.Split(a.split_seed, a.validation_split_percentage)
+    texts = [json.loads(line)["text"] for line in DEMO.read_text(encoding="utf-8").splitlines()]
+    return [t for t in texts if t.strip() and not split.is_test(t)]
+
+
+def spied(monkeypatch):
+    """The texts of every tokenizer call, in order."""
+    calls, real = [], stream.encode
+
+    def spy(tokenizer, texts):
+        calls.append(list(texts))
+        return real(tokenizer, texts)
+    monkeypatch.setattr(stream, "encode", spy)
+    return calls
+
+
+def test_shuffle_buffer_size_0_keeps_file_order(tok, monkeypatch):
+    a = args(block_size=256, shuffle_buffer_size=0)
+    calls, train = spied(monkeypatch), training_texts(a)
+    blocks = [b for _, b in plain(stream.StreamingBlocks(a, tok), 800)]
+    assert [t for c in calls for t in c][:2 * len(train)] == train + train  # two epochs, each in file order
+    assert [len(c) for c in calls[:2]] == [64, len(train) - 64]  # one tokenizer batch after another, as before windows
+    flat = stream.encode(tok, train).tolist()
+    assert blocks[:len(flat) // 256] == [flat[i * 256:(i + 1) * 256] for i in range(len(flat) // 256)]
+
+
+def test_the_buffer_shuffles_within_windows_by_default(tok, monkeypatch):
+    assert DataArguments().shuffle_buffer_size >= 1000  # on by default
+    monkeypatch.setattr(stream, "BATCH_DOCS", 8)
+    a = args(block_size=256, shuffle_buffer_size=W)
+    calls, train = spied(monkeypatch), training_texts(a)
+    plain(stream.StreamingBlocks(a, tok), 800)
+    order = [t for c in calls for t in c]
+    assert len(order) >= 2 * len(train)
+    epochs = [order[:len(train)], order[len(train):2 * len(train)]]
+    for e in epochs:
+        assert e != train
+        for w in range(0, len(train), W):  # each window's documents, all of them, inside that window's span
+            assert sorted(e[w:w + W]) == sorted(train[w:w + W]) and (len(e[w:w + W]) < 2 or e[w:w + W] != train[w:w + W])
+        moved = sum(abs(train.index(t) - i) for i, t in enumerate(e[:W])) / W
+        assert moved > W / 6  # a uniform permutation moves a document W/3 on average; file order moves none
+    assert epochs[0] != epochs[1]  # a new permutation each epoch
+
+    # The default window holds the whole demo corpus: one epoch is one permutation of all of it.
+    calls.clear()
+    plain(stream.StreamingBlocks(args(block_size=256), tok), 400)
+    first = [t for c in calls for t in c][:len(train)]
+    assert sorted(first) == sorted(train) and first != train
+
+
+@pytest.fixture()
+def windowed(tok, monkeypatch):
+    """The uninterrupted stream of windows of W, tokenizer batches of 8 (five a window): (args, positions, blocks)."""
+    monkeypatch.setattr(stream, "BATCH_DOCS", 8)
+    a = args(block_size=256, shuffle_buffer_size=W)
+    positions, blocks = zip(*plain(stream.StreamingBlocks(a, tok), 900))
+    return a, positions, blocks
+
+
+@pytest.mark.parametrize("where", ["first block", "mid-window", "mid-batch", "window start", "next epoch mid-window"])
+def test_the_buffer_resumes_exactly_where_the_uninterrupted_stream_goes_on(tok, windowed, where):
+    a, positions, blocks = windowed
+    pick = {"first block": lambda p: p["blocks"] == 1,
+            "mid-window": lambda p: p["emitted"] >= 16 and p["epoch"] == 0,
+            "mid-batch": lambda p: p["emitted"] > 0 and p["skip"] > 1 and len(p["carry"]) > 0 and p["ordinal"] > 0,
+            "window start": lambda p: p["ordinal"] > 0 and p["emitted"] == 0 and p["skip"] == 1,
+            "next epoch mid-window": lambda p: p["epoch"] == 1 and p["emitted"] > 0 and p["ordinal"] > 0}[where]
+    n = next(p["blocks"] for p in positions if pick(p))
+    assert n < 800
+    state = json.loads(json.dumps(positions[n - 1]))  # as the checkpoint holds it: stream_rank0.json
+    assert state["window"] == W and len(json.dumps(state)) < 6 * 256 + 200  # no texts: ints and the carried tokens
+    resumed = stream.StreamingBlocks(a, tok)
+    resumed.load_state_dict(state)
+    assert take(resumed, 60) == list(blocks[n:n + 60])
+
+
+def test_a_resume_with_another_buffer_size_finishes_the_saved_window_then_uses_the_new_size(tok, windowed, monkeypatch):
+    a, positions, _ = windowed
+    calls, train = spied(monkeypatch), training_texts(a)
+    straight = stream.StreamingBlocks(a, tok)
+    at = {}  # block -> tokenizer calls made when it was yielded
+    for p, _ in itertools.islice(straight._blocks(straight.state), 400):
+        at[p["blocks"]] = len(calls)
+    n = next(p["blocks"] for p in positions if p["epoch"] == 0 and p["emitted"] >= 16)
+    before = [t for c in calls[:at[n] - 1] for t in c]  # the documents of the batches before the saved one
+    saved_window = [t for c in calls[at[n] - 1:] for t in c][:W - positions[n - 1]["emitted"]]
+    calls.clear()
+    resumed = stream.StreamingBlocks(args(block_size=256, shuffle_buffer_size=25), tok)
+    resumed.load_state_dict(positions[n - 1])
+    plain(resumed, 400)
+    after = [t for c in calls for t in c][:len(train) - len(before)]
+    assert after[:len(saved_window)] == saved_window  # the saved window, rebuilt as it was
+    assert sorted(before + after) == sorted(train)  # the epoch's every document once: none lost, none twice
+    rest = after[len(saved_window):]
+    assert sorted(rest[:25]) == sorted(train[W:W + 25]) and rest[:25] != train[W:W + 25]  # then windows of 25
+
+
+def test_the_buffer_holds_at_most_one_window_of_documents(tok, monkeypatch):
+    # Every text the reader yields is counted while alive (CPython frees it when its last reference goes): at no time
+    # does the stream hold more than one window (+1: the text the reader is yielding now), whatever it reads ahead.
+    live, peak = [0], [0]
+
+    class Counted(str):
+        def __del__(self):
+            live[0] -= 1
+
+    real = stream.readers.read_texts
+
+    def counted(*a, **kw):
+        for text, *rest in real(*a, **kw):
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            yield (Counted(text), *rest)
+    monkeypatch.setattr(stream.readers, "read_texts", counted)
+    monkeypatch.setattr(stream, "BATCH_DOCS", 8)
+    plain(stream.StreamingBlocks(args(block_size=256, shuffle_buffer_size=W), tok), 800)  # several epochs of windows
+    assert W <= peak[0] <= W + 1
+    with pytest.raises(UserError, match="shuffle_buffer_size=-1"):
+        stream.StreamingBlocks(args(block_size=256, shuffle_buffer_size=-1), tok)

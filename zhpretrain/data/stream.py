@@ -1,4 +1,13 @@
-"""Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position."""
+"""Stream documents into token blocks on the fly, sharded across ranks by document, resumable from a saved position.
+
+The dump is ordered by page id, so read in file order a stream trains topic by topic. Each rank therefore shuffles its
+training documents within consecutive windows of shuffle_buffer_size documents: read a window, permute it with an RNG
+seeded by (split_seed, epoch, rank, the window's first record ordinal), emit it in that order, read the next. A rolling
+(reservoir) buffer mixes across window edges, but its content at a checkpoint depends on every draw since the start:
+restoring it exactly means saving its texts (megabytes per rank) or replaying the stream from the start. A window
+needs only its start position, its size and how many of its documents were emitted: the RNG state is its seed, derived
+from what the position already holds, and a resume re-reads at most one window, O(window), whatever the stream's
+length. shuffle_buffer_size 0 means windows of one tokenizer batch, unpermuted: file order."""
 import atexit
 import queue
 import threading
@@ -37,22 +46,27 @@ def _stop_producers() -> None:
 def _check(args) -> None:
     if args.validation_split_documents is not None:
         raise UserError("streaming: true takes validation_split_percentage (or a validation_file), not validation_split_documents.")
+    if args.shuffle_buffer_size < 0:
+        raise UserError(f"shuffle_buffer_size={args.shuffle_buffer_size}: give a number of documents (0 keeps file order).")
 
 
 class StreamingBlocks(torch.utils.data.IterableDataset):
     """Training blocks read, tokenized and packed lazily from the files, forever (epoch after epoch).
 
     Rank r of w keeps the training documents whose ordinal is r mod w: the stream is sharded once, here; each rank
-    parses every record but tokenizes only its share. After every block it remembers where to resume (the start of the
-    current tokenizer batch, the tokens carried into it, and how many of its blocks were used), so a checkpoint restores
-    the position with a file seek instead of re-reading everything before it."""
+    parses every record but tokenizes only its share, shuffled within windows (see the module's docstring). After
+    every block it remembers where to resume (the start of the current window, how many of its documents came before
+    the current tokenizer batch, the tokens carried into that batch, and how many of its blocks were used), so a
+    checkpoint restores the position with a file seek and one window's read instead of re-reading everything before it."""
 
     def __init__(self, args, tokenizer, rank: int = 0, world: int = 1):
         _check(args)
         self.args, self.tokenizer, self.rank, self.world = args, tokenizer, rank, world
         self.files = args.dataset_name or files.train_files(args)[0]
         self.split = Split(args.split_seed, args.validation_split_percentage)
-        self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "carry": [], "skip": 0}
+        self.window = args.shuffle_buffer_size
+        self.state = {"blocks": 0, "epoch": 0, "file": 0, "offset": 0, "ordinal": 0, "window": self.window, "emitted": 0,
+                      "carry": [], "skip": 0}
         self.history = OrderedDict()
         self._stop = self._thread = None  # the running iteration's producer thread and the event that stops it
 
@@ -67,21 +81,34 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             raise RuntimeError(f"stream position after {blocks} blocks is no longer known")
         return self.history[blocks]
 
-    def _batches(self, file: int, offset: int, ordinal: int):
-        """Yield ((file, offset, ordinal) where the batch starts, this rank's training texts in it)."""
+    def _windows(self, file: int, offset: int, ordinal: int, window: int):
+        """Yield ((file, offset, ordinal) where a window starts, its size, this rank's training texts in it), the first
+        of `window` texts (a resumed window keeps the size it was saved with), the next ones of self.window; 0: one
+        tokenizer batch."""
         start, texts = None, []
         stream = readers.read_texts(self.files, self.args.text_column, self.args.skip_bad_records, readers.ReadStats(),
-                                 self.args.dataset_config_name, position=(file, offset))
+                                    self.args.dataset_config_name, position=(file, offset))
         for text, index, where in stream:
             start = start or (index, where, ordinal)
             if ordinal % self.world == self.rank and not (not self.args.validation_file and self.split.is_test(text)):
                 texts.append(text)
             ordinal += 1
-            if len(texts) == BATCH_DOCS:
-                yield start, texts
-                start, texts = None, []
+            if len(texts) == (window or BATCH_DOCS):
+                yield start, window, texts
+                start, texts, window = None, [], self.window
         if texts:
-            yield start, texts
+            yield start, window, texts
+
+    def _batches(self, epoch: int, file: int, offset: int, ordinal: int, window: int, emitted: int):
+        """Yield (the position where the batch starts, this rank's next tokenizer batch of texts), from the window that
+        starts at (file, offset, ordinal), its first `emitted` documents already used."""
+        for (file, offset, ordinal), window, texts in self._windows(file, offset, ordinal, window):
+            if window:
+                seed = np.random.SeedSequence([self.args.split_seed % 2**32, epoch, self.rank, ordinal])
+                texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+            for e in range(emitted, len(texts), BATCH_DOCS):
+                yield {"file": file, "offset": offset, "ordinal": ordinal, "window": window, "emitted": e}, texts[e:e + BATCH_DOCS]
+            texts, emitted = None, 0  # dropped before the next window is read: at most one window is held
 
     def __iter__(self):
         """The blocks of _blocks(), made by a daemon thread up to PREFETCH blocks ahead: tokenizing overlaps the training
@@ -139,13 +166,15 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         """Yield (the position after the block, the block) from position s on, forever, synchronously."""
         size = self.args.block_size
         blocks, epoch, carry, skip = s["blocks"], s["epoch"], np.array(s["carry"], dtype=np.int64), s["skip"]
-        position = (s["file"], s["offset"], s["ordinal"])
+        # A position saved before windows existed is the start of an unpermuted tokenizer batch: window 0.
+        position = (s["file"], s["offset"], s["ordinal"], s.get("window", 0), s.get("emitted", 0))
         while True:
-            produced, whole_epoch = False, position == (0, 0, 0)
-            for (file, offset, ordinal), texts in self._batches(*position):
+            produced, whole_epoch = False, position[:3] == (0, 0, 0) and position[4] == 0
+            for start, texts in self._batches(epoch, *position):
                 tokens = np.concatenate([carry, encode(self.tokenizer, texts)])
+                del texts  # this batch's texts are not held while the next window is read
                 produced |= len(tokens) >= size  # this epoch has text for a block, even if a resume skips all of them
-                resume = {"epoch": epoch, "file": file, "offset": offset, "ordinal": ordinal, "carry": carry.tolist()}
+                resume = {"epoch": epoch, **start, "carry": carry.tolist()}
                 for b in range(skip, len(tokens) // size):
                     blocks += 1
                     ids = torch.from_numpy(tokens[b * size:(b + 1) * size].copy())
@@ -154,7 +183,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             if whole_epoch and not produced:
                 raise UserError(f"Rank {self.rank} of {self.world} found no training text for a single block of {size} tokens "
                                 "in the stream. Give more data or lower --block_size.")
-            epoch, position = epoch + 1, (0, 0, 0)  # the next epoch reads the files again from the start
+            epoch, position = epoch + 1, (0, 0, 0, self.window, 0)  # the next epoch reads the files again from the start
 
 
 def eval_blocks(args, tokenizer, max_blocks: int):
