@@ -132,7 +132,7 @@ OPTION_RANGES = {
     "block_size": Range(2, why="a block needs a next token to predict"), "validation_split_documents": ONE,
     "validation_split_percentage": Range(0, 100, low_open=True, high_open=True,
                                          when=lambda a: not (a.validation_file or a.validation_split_documents)),
-    "max_eval_samples": ONE,
+    "max_eval_samples": ONE, "shuffle_buffer_size": ZERO_UP,
     # tokenizer
     "tokenizer_vocab_size": Range(BYTE_LEVEL_MINIMUM, when=_bpe_trained, why="256 byte tokens, EOS and PAD"),
     "tokenizer_train_max_chars": ONE,
