@@ -51,14 +51,13 @@ def test_greedy_output_is_the_argmax_continuation_of_eos_plus_prompt(final):
 
 @pytest.mark.slow
 def test_tokens_are_streamed_as_they_are_generated(final):
-    from transformers import TextStreamer
-
     from zhpretrain.generate import continue_prompt, load
+    from zhpretrain.model.sampling import Streamer
 
     pieces = []
 
-    class Recorder(TextStreamer):
-        def on_finalized_text(self, text, stream_end=False):
+    class Recorder(Streamer):  # the tool's streamer, recording instead of printing
+        def write(self, text, stream_end):
             pieces.append(text)
 
     model, tok = load(final)

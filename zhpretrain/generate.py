@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, cli
-from .model.sampling import continue_prompt, fit, printable
+from .model.sampling import Streamer, continue_prompt, fit
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -108,14 +108,6 @@ def main(argv=None) -> int:
     check_options(args)
     model, tok = load(args.model_dir, args.tokenizer)
     fit([tok.eos_token_id], getattr(model.config, "max_position_embeddings", None), args.max_new_tokens)  # before any text
-    from transformers import TextStreamer
-
-    class Streamer(TextStreamer):
-        """Printable text only (sampling.printable), and at the end no half character (sampling.decode)."""
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            text = printable(text)
-            print(text.rstrip("\ufffd") if stream_end else text, flush=True, end="\n" if stream_end else "")
-
     streamer = Streamer(tok, skip_prompt=True, skip_special_tokens=True)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                    repetition_penalty=args.repetition_penalty, streamer=streamer)

@@ -19,8 +19,8 @@ from .net import reachable
 HF, MODELSCOPE = "Hugging Face", "ModelScope"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a model or tokenizer needs from a model repo: not the .bin/.pt/.gguf copies some repos also carry.
-TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py"]
-MODEL_FILES = TOKENIZER_FILES + ["*.safetensors"]
+TOKENIZER_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py"]
+MODEL_FILES = TOKENIZER_PATTERNS + ["*.safetensors"]
 
 
 def parse(name: str) -> tuple[str | None, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-MANIFEST = "manifest.json"
+CACHE_MANIFEST = "manifest.json"
 CHUNK = 1 << 22
 
 
@@ -58,9 +58,9 @@ def problems(base: Path, promised: dict) -> list[str]:
 def verify(path: Path) -> str | None:
     """None when the folder holds exactly the files its manifest promises; otherwise what is wrong."""
     try:
-        promised = json.loads((path / MANIFEST).read_text())["files"]
+        promised = json.loads((path / CACHE_MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return f"{MANIFEST} is missing or unreadable"
+        return f"{CACHE_MANIFEST} is missing or unreadable"
     found = problems(path, promised)
     return "; ".join(found) or None
 
@@ -113,7 +113,7 @@ def write(path: Path, fill: Callable[[Path], None]) -> None:
     try:
         fill(tmp)
         files = [p for p in tmp.rglob("*") if p.is_file()]
-        (tmp / MANIFEST).write_text(json.dumps({"files": manifest(files, tmp)}, indent=1))
+        (tmp / CACHE_MANIFEST).write_text(json.dumps({"files": manifest(files, tmp)}, indent=1))
         try:
             os.rename(tmp, path)
         except OSError:  # another node sharing this cache finished first: keep its copy

@@ -25,7 +25,7 @@ def resolve(name: str, cache_root: Path | None = None) -> Path:
     """The local folder of a tokenizer: a folder, a hub id's snapshot, or the Qwen2 tokenizer built offline."""
     if name == QWEN2:
         return qwen2(cache_root or Path.home() / ".cache" / "zhpretrain")
-    return hub.snapshot(name, "--tokenizer_name_or_path", patterns=hub.TOKENIZER_FILES)
+    return hub.snapshot(name, "--tokenizer_name_or_path", patterns=hub.TOKENIZER_PATTERNS)
 
 
 def load(name: str, trust_remote_code: bool = False, cache_root: Path | None = None):

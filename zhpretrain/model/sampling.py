@@ -3,6 +3,7 @@ samples training logs at each evaluation."""
 import sys
 
 import torch
+from transformers import TextStreamer
 
 # Control characters but tab and newline, as their Unicode control pictures (U+2400 + code: \x00 is shown as ␀): a
 # generated NUL or ESC must not reach a terminal, and a visible mark still tells what the model wrote.
@@ -40,6 +41,18 @@ def fit(ids: list[int], positions: int | None, max_new_tokens: int) -> list[int]
               f"new tokens, so it continues from the prompt's last {room:,} tokens", file=sys.stderr, flush=True)
         ids = ids[:1] + ids[len(ids) - room:]
     return ids
+
+
+class Streamer(TextStreamer):
+    """transformers' TextStreamer writing what decode() returns: printable text, and at the end no half character.
+    write() prints; a subclass may send the text elsewhere."""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        text = printable(text)
+        self.write(text.rstrip("\ufffd") if stream_end else text, stream_end)
+
+    def write(self, text: str, stream_end: bool) -> None:
+        print(text, flush=True, end="\n" if stream_end else "")
 
 
 def continue_prompt(model, tok, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
