@@ -2,7 +2,6 @@
 import bz2
 import glob
 import gzip
-import hashlib
 import importlib.util
 import json
 import lzma
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from . import cache
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -157,8 +157,7 @@ def fingerprint(paths: list[str], memo: Path | None = None) -> list[dict]:
 
 
 def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    return cache.file_digest(Path(path))
 
 
 def human(size: int) -> str:
