@@ -166,6 +166,7 @@ def test_max_steps_stays_an_upper_bound_and_the_schedule_still_completes(tmp_pat
     assert re.search(r"^time: training 0:\d\d of a 10:00 budget \(max_steps 30 came first\)", proc.stdout, re.M), proc.stdout[-2000:]
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_evaluation_and_saving_do_not_eat_the_budget(tmp_path, monkeypatch, capsys):
     """In this process, with evaluation and checkpoint saving made slow (each 0.5 s longer): the training time stays
     inside the budget while the wall-clock time of train() grows by all of it, and the report counts it apart."""

@@ -42,6 +42,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     assert f"{f}: line 4: malformed JSON" in msg and "--skip_bad_records" in msg
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_skip_bad_records_skips_and_counts(tmp_path):
     f = lines(tmp_path / "bad.jsonl", GOOD[:30] + [b'{"text": "oops\n', b"\xff\xfe{}\n"] + GOOD[30:])
     proc = run_pretrain("--train_file", f, "--skip_bad_records", "true", "--max_steps", 1, "--block_size", 16,
@@ -51,6 +52,7 @@ def test_skip_bad_records_skips_and_counts(tmp_path):
     assert "read 60 records: 0 empty texts dropped, 2 bad records skipped" in proc.stdout
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_invalid_utf8_gives_file_and_byte_offset(tmp_path):
     head = (json.dumps(GOOD[0], ensure_ascii=False) + "\n").encode()
     f = lines(tmp_path / "bad.jsonl", [head, b'{"text": "\xe9\x99"}\n'] + GOOD[1:])
@@ -72,6 +74,7 @@ def test_no_text_column_lists_the_columns(tmp_path):
     assert "cols.jsonl: line 1: no text column; found ['body', 'title']. Pass --text_column NAME" in fail(tmp_path, "--train_file", f)
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_empty_file_and_only_empty_texts(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     assert f"{tmp_path / 'empty.jsonl'} is empty" in fail(tmp_path, "--train_file", tmp_path / "empty.jsonl")
@@ -98,6 +101,7 @@ def test_unwritable_output_dir(tmp_path):
         pretrain.main(["--output_dir", str(tmp_path / "file" / "sub"), "--swanlab_mode", "disabled"])
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_a_failed_run_damages_nothing_written_before(tmp_path):
     data = lines(tmp_path / "data.jsonl", GOOD)
     args = ["--train_file", data, "--max_steps", 2, "--save_steps", 2, "--block_size", 16, "--tokenizer_vocab_size", 300,
@@ -115,6 +119,7 @@ def test_a_failed_run_damages_nothing_written_before(tmp_path):
     assert {name: after.get(name) for name in before} == before  # every file written before is still there, unchanged
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_swanlab_cloud_unreachable_warns_logs_locally_and_keeps_the_key_secret(tmp_path):
     secret = "sentinel-key-0123456789abcdef"
     env = {**os.environ, "SWANLAB_API_KEY": secret}

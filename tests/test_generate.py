@@ -20,6 +20,7 @@ def generate(*args, stdin: str | None = None):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_same_seed_same_text_and_the_text_continues_the_prompt(final):
     runs = [generate(final, "--prompt", "陕西省是", "--seed", seed, "--max_new_tokens", 12, "--temperature", 1.0)
             for seed in (1, 1, 2)]
@@ -30,6 +31,7 @@ def test_same_seed_same_text_and_the_text_continues_the_prompt(final):
     assert other.startswith("陕西省是") and other != first  # 6 training steps leave a flat distribution: seeds differ
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_greedy_output_is_the_argmax_continuation_of_eos_plus_prompt(final):
     """A second implementation: an argmax loop over the model's logits, starting after EOS as training documents do."""
     import torch

@@ -21,7 +21,7 @@ def test_reduced_gpu_check_runs_and_reports(tmp_path, monkeypatch, capsys):
     assert (row["shape"], row["attn_implementation"], row["torch_compile"], row["steps"]) == ("tiny", "sdpa", False, 4)
     # The same model, weights and batches on both sides: the losses agree; both sides trained tokens.
     assert row["max_abs_loss_diff"] < 1e-4 and row["project_tokens_per_second"] > 0 and row["plain_tokens_per_second"] > 0
-    assert 0 < row["mfu_project"] < 1
+    assert row["mfu_project"] is None and row["mfu_plain"] is None  # a CPU has no datasheet peak: no MFU (train/speed.py)
     # Timed steps 2..5 (one warm-up step): 3 and 5 neither log, evaluate nor save (logs at 2, 4) and read nothing back.
     assert row["host_reads_per_plain_step"] == 0, row["host_read_sites"]
     assert row["cuda_syncs_per_plain_step"] is None  # no CUDA here

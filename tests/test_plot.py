@@ -24,6 +24,7 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_the_command_writes_every_picture_as_a_real_png(run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zhpretrain.plot", str(run), "--out", str(tmp_path / "images")], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

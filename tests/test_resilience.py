@@ -113,6 +113,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     # A huge learning rate without clipping: the weights turn NaN at step 2.
     args = [*common(tmp_path, "out", steps=12, save=1), "--learning_rate", 1e4, "--max_grad_norm", 0, "--warmup_steps", 0]
@@ -142,6 +143,7 @@ def test_resume_with_another_global_batch_is_refused_with_what_to_change(tmp_pat
     assert same.returncode == 0 and "resuming from" in same.stdout, same.stdout[-3000:]
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_ctrl_c_before_training_exits_cleanly(tmp_path):
     proc = start(common(tmp_path, "out", steps=100000, save=100000), tmp_path)
     deadline = time.time() + 120

@@ -76,6 +76,7 @@ def test_generate_on_a_pickled_model_says_it_loads_only_safetensors_and_runs_not
 
 # --- generate: a prompt longer than the model's positions ---
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_generate_a_prompt_longer_than_the_positions_is_cut_with_one_line(run):
     import json
 
@@ -88,6 +89,7 @@ def test_generate_a_prompt_longer_than_the_positions_is_cut_with_one_line(run):
     assert proc.stdout.startswith(prompt) and len(proc.stdout.rstrip("\n")) > len(prompt)
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_generate_max_new_tokens_beyond_the_positions_is_refused(run):
     import json
 
@@ -187,6 +189,7 @@ def test_the_demo_presets_parameter_count_is_the_trained_models(run):
 
 # --- a correct resume looks correct ---
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_a_resume_of_a_tied_model_says_nothing_about_missing_lm_head(tmp_path):
     from conftest import run_pretrain
 
@@ -223,6 +226,7 @@ def git_status():
                           text=True, check=True).stdout
 
 
+@pytest.mark.slow  # over 8 s on 2 quiet cores: `make test` stays under 5 minutes; CI runs it
 def test_plot_writes_into_the_runs_own_folder_and_leaves_the_repository_alone(run, tmp_path):
     fresh = tmp_path / "demo"
     shutil.copytree(run, fresh)
