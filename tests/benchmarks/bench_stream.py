@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_preprocess import environment  # noqa: E402
-from zhpretrain import stream, tokenizer  # noqa: E402
+from zhpretrain.data import stream, tokenizer  # noqa: E402
 from zhpretrain.config import DataArguments  # noqa: E402
 
 
@@ -52,9 +52,9 @@ def main() -> None:
     result = {**environment(), "file": a.file, "block_size": a.block_size}
     start = time.perf_counter()
     if a.parse_cost:
-        from zhpretrain import data
+        from zhpretrain.data import readers
 
-        texts = [t for t, *_ in data.read_texts(ds.files, None, False, data.ReadStats())]
+        texts = [t for t, *_ in readers.read_texts(ds.files, None, False, readers.ReadStats())]
         parse = time.perf_counter() - start
         start = time.perf_counter()
         tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
