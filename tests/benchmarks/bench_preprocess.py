@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from zhpretrain import blocks, data, tokenizer  # noqa: E402
+from zhpretrain.data import blocks, files, readers, split, tokenizer  # noqa: E402
 from zhpretrain.config import DataArguments, ModelArguments  # noqa: E402
 
 
@@ -60,14 +60,14 @@ def main() -> None:
         print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "stats": meta["stats"]}))
         return
 
-    source = {"files": data.fingerprint(data.find_files(args.file))}
+    source = {"files": files.fingerprint(files.find_files(args.file))}
     folder = tokenizer.cache_folder(cache, source, model_args)
     if not folder.exists():
-        tokenizer.train_and_save((t for _, t in data.documents(data_args, data.ReadStats(), "train")), model_args, folder)
+        tokenizer.train_and_save((t for _, t in split.documents(data_args, readers.ReadStats(), "train")), model_args, folder)
     tok = tokenizer.load(str(folder))
 
     # The tokenizer alone: every text already in memory, one batched call.
-    texts = [t for _, t in data.documents(data_args, data.ReadStats())]
+    texts = [t for _, t in split.documents(data_args, readers.ReadStats())]
     chars = sum(map(len, texts))
     start = time.perf_counter()
     encoded = tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
@@ -76,9 +76,9 @@ def main() -> None:
     del encoded, texts
 
     # End to end: read and parse the file, split, tokenize, pack, write the blocks.
-    stats = data.ReadStats()
+    stats = readers.ReadStats()
     start = time.perf_counter()
-    blocks.build(data.documents(data_args, stats), tok, args.block_size, cache / "bench-blocks", stats.bytes)
+    blocks.build(split.documents(data_args, stats), tok, args.block_size, cache / "bench-blocks", stats.bytes)
     pipeline = time.perf_counter() - start
 
     result = {**environment(), "file": args.file, "bytes": os.path.getsize(args.file), "characters": chars, "tokens": tokens,
