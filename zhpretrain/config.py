@@ -45,6 +45,7 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
+    depth: int | None = field(default=None, metadata={"help": "The one dial (zhpretrain/scale.py, docs/recipe.md): the number of layers (0: off), from which the shape (hidden 32 x depth), vocabulary, block_size, global_batch_tokens, horizon (max_steps), learning rates, warmup and decay are derived; any of them given explicitly wins. Table: python -m zhpretrain.scale."})
     model_config: str = field(default="configs/models/qwen2-tutorial.json", metadata={"help": "A Hugging Face config.json (file or folder) giving the model's shape."})
     config_overrides: str | None = field(default=None, metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'num_hidden_layers=6,hidden_size=384'."})
     init_from: str | None = field(default=None, metadata={"help": "Continue pretraining a causal LM: a folder (e.g. a run's final/), ORG/NAME (Hugging Face) or modelscope:ORG/NAME; its weights, shape and tokenizer replace model_config and the BPE."})
@@ -135,7 +136,7 @@ OPTION_RANGES = {
     "max_eval_samples": ONE, "shuffle_buffer_size": ZERO_UP,
     # tokenizer
     "tokenizer_vocab_size": Range(BYTE_LEVEL_MINIMUM, when=_bpe_trained, why="256 byte tokens, EOS and PAD"),
-    "tokenizer_train_max_chars": ONE,
+    "tokenizer_train_max_chars": ONE, "depth": Range(0, 64, why="0: no dial, the shape of --model_config as it is"),
     # run
     "max_new_tokens": ONE, "peak_tflops": ABOVE_ZERO, "muon_learning_rate": ABOVE_ZERO, "max_train_minutes": ABOVE_ZERO,
     "budget_decay_ratio": Range(0, 1, low_open=True), "budget_min_lr_ratio": FRACTION,
@@ -308,15 +309,26 @@ def parse_args(argv: list[str] | None = None):
         unknown = next((a for a in rest if a.startswith("--")), rest[0])
         hint = _closest(unknown.lstrip("-").split("=")[0], valid).replace("'", "'--", 1)
         raise UserError(f"Unknown option '{unknown}'.{hint} Run python pretrain.py --help for every option.")
+    def given(key):
+        return any(a.split("=")[0] == f"--{key}" for a in argv)
     def named(key):  # where the value came from: the command line or the preset
-        given = any(a.split("=")[0] == f"--{key}" for a in argv)
-        return f"--{key}" + ("" if given else f" (from {preset})")
+        return f"--{key}" + ("" if given(key) else f" (from {preset})")
+    dial = None
+    if namespace.depth and not out_of_range(namespace, {"depth": OPTION_RANGES["depth"]}, named):
+        if namespace.init_from:
+            raise UserError(f"{named('depth')} and {named('init_from')} both give the model's shape: --init_from continues "
+                            "a model as it is. Drop one of them.")
+        from . import scale
+
+        dial = scale.describe(namespace, scale.apply(namespace, lambda key: key in defaults or given(key)))
     if problems := out_of_range(namespace, OPTION_RANGES, named):
         raise UserError(f"{'; '.join(problems)}. Fix {'it' if len(problems) == 1 else 'them'} on the command line or in "
                         "the preset; nothing was read or trained yet.")
     check_versions(namespace)
     if note:
         print(note, flush=True)
+    if dial and os.environ.get("RANK", "0") == "0":
+        print(dial, flush=True)
     namespace.bf16, namespace.fp16 = precision(namespace.bf16, namespace.fp16)
     if namespace.tf32 is None and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         namespace.tf32 = True  # Ampere and newer: fp32 matmuls (the parts autocast keeps in fp32) on tensor cores

@@ -1,0 +1,138 @@
+"""Which speedrun wins transfer with size (issue 19.3): the cpu-speedrun recipe with one win taken out at a time, at
+three model sizes, each trained for the same number of tokens per parameter (so the same FLOPs for every recipe at a
+size), scored by held-out bits per UTF-8 byte. Runs one after another and appends to a JSON file, then prints the table.
+
+    python tests/benchmarks/transfer.py --train_file ../shared/data/zhwiki-sample.jsonl \
+        --validation_file ../shared/data/zhwiki-val.jsonl [--sizes 2,3,4] [--variants full,adamw] [--tokens_per_param 2]
+    python tests/benchmarks/transfer.py --table --out runs/transfer/transfer.json
+
+A size is a depth d on the dial's shape rule at these sizes: hidden 32*d, d heads of 32, SwiGLU width 3*hidden,
+vocabulary fixed at the preset's 4096 so that only the recipe changes. The learning-rate schedule is the Trainer's
+linear decay over the step count (no wall-clock budget: the horizon is in tokens, so the machine's load does not
+change the result, only the wall time).
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_preprocess import environment  # noqa: E402
+
+# One win of the preset taken out at a time; "full" is configs/cpu-speedrun.yaml's recipe.
+VARIANTS = {
+    "full": {},
+    "adamw": {"muon_learning_rate": None},            # AdamW for the hidden matrices too (no Muon)
+    "no_doc_attn": {"document_attention": False},     # attention crosses the EOS between packed documents
+    "beta2_0999": {"adam_beta2": 0.999},              # the Trainer's default β2
+}
+
+
+def shape(depth: int) -> dict:
+    h = 32 * depth
+    return {"hidden_size": h, "intermediate_size": 3 * h, "num_hidden_layers": depth,
+            "num_attention_heads": depth, "num_key_value_heads": depth}
+
+
+def params(depth: int, vocab: int = 4096) -> tuple[int, int]:
+    """(non-embedding, total) parameters of the shape: per layer q,k,v,o (+ q,k,v biases), SwiGLU, two RMSNorms."""
+    s = shape(depth)
+    h, i = s["hidden_size"], s["intermediate_size"]
+    layer = 4 * h * h + 3 * h + 3 * h * i + 2 * h
+    body = depth * layer + h
+    return body, body + vocab * h  # tied embeddings
+
+
+def run(depth: int, variant: str, opts) -> dict:
+    base = yaml.safe_load((REPO / "configs" / "cpu-speedrun.yaml").read_text(encoding="utf-8"))
+    base.pop("max_train_minutes")
+    for k, v in VARIANTS[variant].items():
+        if v is None:
+            base.pop(k, None)
+        else:
+            base[k] = v
+    name = f"d{depth}-{variant}"
+    out_dir = Path(opts.runs) / name
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    preset = Path(opts.runs) / f"{name}.yaml"
+    preset.write_text(yaml.safe_dump(base, allow_unicode=True), encoding="utf-8")
+    _, total = params(depth)
+    tokens_per_step = base["per_device_train_batch_size"] * base["block_size"]
+    steps = round(opts.tokens_per_param * total / tokens_per_step)
+    overrides = ",".join(f"{k}={v}" for k, v in shape(depth).items())
+    cmd = [sys.executable, "pretrain.py", str(preset), "--train_file", opts.train_file, "--validation_file", opts.validation_file,
+           "--output_dir", str(out_dir), "--max_steps", str(steps), "--save_strategy", "no", "--swanlab_mode", "disabled",
+           "--disable_tqdm", "true", "--config_overrides", overrides, "--max_eval_samples", str(opts.max_eval_samples),
+           "--allow_existing_output_dir", "true", *opts.extra.split()]
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    (Path(opts.runs) / f"{name}.log").write_text(proc.stdout)
+    final = re.search(r"final: eval_loss ([\d.]+), perplexity [\d.]+, bits per byte ([\d.]+)", proc.stdout)
+    body, total = params(depth)
+    result = {"name": name, "depth": depth, "variant": variant, "non_embedding_params": body, "params": total,
+              "steps": steps, "tokens": steps * tokens_per_step, "command": "python " + " ".join(cmd[1:]),
+              "returncode": proc.returncode, "wall_seconds": round(wall, 1),
+              "bits_per_byte": float(final.group(2)) if final else None}
+    if proc.returncode:
+        result["error"] = proc.stdout[-1500:]
+    return result
+
+
+def table(results: list[dict], env: dict) -> str:
+    sizes = sorted({r["depth"] for r in results})
+    cell = {(r["depth"], r["variant"]): r for r in results}
+    head = " | ".join(f"d{d}: {cell[(d, 'full')]['non_embedding_params'] / 1e6:.2f} M, {cell[(d, 'full')]['tokens'] / 1e6:.2f} M tok"
+                      if (d, "full") in cell else f"d{d}" for d in sizes)
+    lines = [f"commit {env.get('commit')}, {env.get('date')}, {env.get('cpu')}, torch {env.get('torch')}", "",
+             f"| recipe | {head} |", "| --- |" + " ---: |" * len(sizes)]
+    for v in VARIANTS:
+        row = []
+        for d in sizes:
+            r, f = cell.get((d, v)), cell.get((d, "full"))
+            if not r or not r["bits_per_byte"]:
+                row.append("" if not r else "failed")
+            elif v == "full" or not f or not f["bits_per_byte"]:
+                row.append(f"{r['bits_per_byte']:.3f}")
+            else:
+                row.append(f"{r['bits_per_byte']:.3f} ({r['bits_per_byte'] - f['bits_per_byte']:+.3f})")
+        lines.append(f"| {v} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_file")
+    p.add_argument("--validation_file")
+    p.add_argument("--sizes", default="2,3,4", help="depths on the dial")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--tokens_per_param", type=float, default=2.0)
+    p.add_argument("--max_eval_samples", type=int, default=512, help="held-out blocks scored (the file's head)")
+    p.add_argument("--extra", default="")
+    p.add_argument("--runs", default="runs/transfer")
+    p.add_argument("--out", default="runs/transfer/transfer.json")
+    p.add_argument("--table", action="store_true")
+    opts = p.parse_args()
+    out = Path(opts.out)
+    saved = json.loads(out.read_text()) if out.is_file() else {"environment": environment(), "results": []}
+    if not opts.table:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for variant in opts.variants.split(","):
+            for depth in map(int, opts.sizes.split(",")):
+                result = run(depth, variant, opts)
+                saved["results"] = [r for r in saved["results"] if r["name"] != result["name"]] + [result]
+                out.write_text(json.dumps(saved, indent=1, ensure_ascii=False))
+                print(json.dumps({k: result.get(k) for k in ("name", "bits_per_byte", "tokens", "wall_seconds")}), flush=True)
+    print(table(saved["results"], saved["environment"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The one dial: `--depth` derives every other hyperparameter, so any size comes out near compute-optimal untuned.
+
+As in nanochat (scripts/base_train.py), the user picks the number of layers and the rules below pick the rest. Each rule
+names its source; where the project's own CPU measurements (docs/recipe.md) disagree with the published rule, the
+measurement wins and the comment says so. An option given explicitly (in the preset or on the command line) always
+wins over the derived value, and the console says which values were derived.
+
+    python -m zhpretrain.scale 4 12 16         # the table of what each depth derives
+"""
+import math
+import sys
+
+ASPECT = 32        # hidden = 32 x depth. nanochat uses 64; deep-and-thin wins below 1B parameters (MobileLLM, Liu et al.
+                   # 2024: 125M at 30 x 576), and on the CPU 128 x 4 beat 256 x 4 by 0.17 and 128 x 8 by 0.13 bits/byte.
+TOKENS_PER_PARAM = 12  # horizon: nanochat's measured compute-optimal ratio (its dev/LOG.md), counting the transformer's
+                       # matrices and the output layer (Chinchilla's 20 counts everything, the embeddings too).
+MIN_STEPS = 2000   # the batch leaves the optimizer at least this many steps: at small scale steps beat tokens per step
+                   # (CPU: 8 x 256 beat 16 x 256 by 0.085 bits/byte); nanochat's d12 reference trains ~2,500 steps.
+LR_CALIBRATION = 0.5  # DeepSeek's learning-rate law halved: at the CPU speedrun's 3.8e13 FLOPs it says 6.2e-3, where 3e-3
+                      # measured best (6e-3: +0.016, 1.5e-3: +0.047 bits/byte).
+WARMUP_SHARE, MIN_WARMUP = 0.02, 20  # warmup: 2% of the steps (the speedrun's 50 of 2,251), at least 20
+DECAY_SHARE = 0.2  # warmup-stable-decay: (1-sqrt) over the last 20% matches a tuned cosine (Hägele et al. 2024)
+VOCAB_RANGE = (2048, 32768)  # the byte-level BPE's table (docs/tokenizer.md) spans 4k-32k; 2048 for tiny corpora
+
+
+def _pow2(x: float) -> int:
+    return 2 ** round(math.log2(x))
+
+
+def shape(depth: int) -> dict:
+    """Qwen2 shape: hidden 32 x depth; heads of 32 below hidden 512 and of 64 from there (FlashAttention's fast head
+    sizes; the CPU preset's 4 heads of 32); as many KV heads as heads (nanochat); SwiGLU width 3 x hidden (the presets')."""
+    head_dim = 64 if ASPECT * depth >= 512 else 32
+    hidden = math.ceil(ASPECT * depth / head_dim) * head_dim
+    heads = hidden // head_dim
+    return {"num_hidden_layers": depth, "hidden_size": hidden, "intermediate_size": 3 * hidden,
+            "num_attention_heads": heads, "num_key_value_heads": heads, "head_dim": head_dim}
+
+
+def body_params(s: dict) -> int:
+    """Parameters of the transformer without embeddings: q,k,v,o with q/k/v biases, SwiGLU, two RMSNorms a layer, final norm."""
+    h, i = s["hidden_size"], s["intermediate_size"]
+    return s["num_hidden_layers"] * (4 * h * h + 3 * h + 3 * h * i + 2 * h) + h
+
+
+def derive(depth: int, max_steps: int | None = None, batch: int | None = None) -> dict:
+    """Every value the dial sets at this depth: option name -> value, plus the shape and the numbers behind them. A
+    given max_steps or batch (tokens a step) is kept, and the horizon's steps, warmup and decay follow it."""
+    s = shape(depth)
+    h, body = s["hidden_size"], body_params(s)
+    # Vocabulary: the tied embedding at most as large as the body (at 25M parameters an untied 32k one is a third of
+    # the model and a quarter of its FLOPs), as a power of two within the BPE's range.
+    vocab = min(max(2 ** int(math.log2(body / h)), VOCAB_RANGE[0]), VOCAB_RANGE[1])
+    # Context: twice the width keeps attention's share of the FLOPs the same at every depth (attention ~ T x h, the
+    # matrices ~ 12 h^2 per token a layer), within 128-2048.
+    block_size = min(max(_pow2(2 * h), 128), 2048)
+    scaling = body + vocab * h  # matrices + output layer, as nanochat counts (tied: the embedding is the output layer)
+    tokens = TOKENS_PER_PARAM * scaling
+    flops = 6 * scaling * tokens
+    # Batch and learning rate from DeepSeek LLM's compute laws (Bi et al. 2024: B = 0.292 C^0.3271 tokens,
+    # lr = 0.3118 C^-0.125, fitted on 1e17-3e20 FLOPs), the batch capped to leave MIN_STEPS steps and made whole sequences.
+    if not batch:
+        batch = _pow2(0.292 * flops ** 0.3271)
+        while batch > block_size and tokens / batch < MIN_STEPS:
+            batch //= 2
+        batch = max(batch, block_size)
+    lr = float(f"{LR_CALIBRATION * 0.3118 * flops ** -0.125:.2g}")
+    steps = max_steps if max_steps and max_steps > 0 else max(1, round(tokens / batch))  # warmup and decay follow a given max_steps
+    options = {
+        "block_size": block_size, "tokenizer_vocab_size": vocab, "global_batch_tokens": batch, "max_steps": steps,
+        "learning_rate": lr, "muon_learning_rate": lr,  # Muon's update is scaled to AdamW's RMS (optim.py): one rate
+        "warmup_steps": min(max(MIN_WARMUP, round(WARMUP_SHARE * steps)), steps - round(DECAY_SHARE * steps)),
+        "lr_scheduler_type": "warmup_stable_decay",
+        "lr_scheduler_kwargs": {"num_decay_steps": round(DECAY_SHARE * steps), "decay_type": "1-sqrt", "min_lr_ratio": 0.0},
+        "budget_decay_ratio": DECAY_SHARE,
+        "document_attention": True, "adam_beta2": 0.95, "weight_decay": 0.1,  # the CPU ablations' winners (docs/recipe.md)
+    }
+    return {"options": options, "shape": s, "body_params": body, "params": body + vocab * h, "tokens": tokens, "flops": flops}
+
+
+def apply(namespace, explicit) -> list[str]:
+    """Set every derived option the user did not give (explicit(key) says whether the preset or the command line did);
+    the shape goes into config_overrides ahead of the user's own. Returns the names of the options it set."""
+    epochs = explicit("num_train_epochs") and not explicit("max_steps")  # a given number of epochs is the horizon
+    d = derive(namespace.depth, namespace.max_steps if explicit("max_steps") else None,
+               namespace.global_batch_tokens if explicit("global_batch_tokens") else None)
+    derived = []
+    if explicit("learning_rate"):  # one rate for both optimizers: Muon follows a given learning_rate
+        d["options"]["muon_learning_rate"] = namespace.learning_rate
+    if epochs:
+        d["options"].pop("max_steps")
+    budget = ("lr_scheduler_type", "lr_scheduler_kwargs") if namespace.max_train_minutes else ("budget_decay_ratio",)
+    import torch
+
+    if not hasattr(torch.optim, "Muon"):  # torch < 2.9: AdamW for everything rather than a refusal (config.check_versions)
+        budget += ("muon_learning_rate",)
+    for key, value in d["options"].items():
+        if explicit(key):
+            namespace.dial_given = [*getattr(namespace, "dial_given", []), key]
+        elif key not in budget:  # a time budget has its own schedule (train/budget.py)
+            setattr(namespace, key, value)
+            derived.append(key)
+    namespace.config_overrides = config_overrides(namespace.depth, namespace.config_overrides)
+    if not explicit("model_config"):
+        namespace.model_config = BASE_CONFIG
+    return derived
+
+
+BASE_CONFIG = "configs/models/qwen2-depth.json"  # the Qwen2 config the dial's shape is written into
+
+
+def config_overrides(depth: int, user: str | None) -> str:
+    """The shape as --config_overrides (the user's own overrides after it, so they win), max_position_embeddings
+    covering the block."""
+    d = derive(depth)
+    pairs = {k: v for k, v in d["shape"].items() if k != "head_dim"}  # hidden / heads; model/build.py keeps it in step
+    pairs["max_position_embeddings"] = max(1024, d["options"]["block_size"])
+    derived = ",".join(f"{k}={v}" for k, v in pairs.items())
+    return f"{derived},{user}" if user else derived
+
+
+def describe(namespace, derived_keys: list[str]) -> str:
+    """One line: the shape and the values this run uses (derived or given), and which of them the dial set."""
+    d = derive(namespace.depth)
+    s, v = d["shape"], vars(namespace)
+    steps = f"{v['max_steps']:,} steps" + (f" (the horizon: {d['tokens'] / 1e6:.1f}M tokens, {TOKENS_PER_PARAM} per parameter)"
+                                          if "max_steps" in derived_keys else "")
+    given = getattr(namespace, "dial_given", [])
+    return (f"dial: depth {namespace.depth} -> hidden {s['hidden_size']}, {s['num_attention_heads']} heads, "
+            f"~{(d['body_params'] + v['tokenizer_vocab_size'] * s['hidden_size']) / 1e6:.2f}M parameters, vocabulary {v['tokenizer_vocab_size']}, block {v['block_size']}, "
+            f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {steps}"
+            + (f"; given instead of derived: {', '.join(given)}" if given else ""))
+
+
+def main(argv: list[str]) -> None:
+    print("| depth | hidden | heads | params (body) | vocab | block | batch tokens | lr | horizon tokens | steps |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for depth in map(int, argv or ["2", "4", "8", "12", "16"]):
+        d = derive(depth)
+        s, o = d["shape"], d["options"]
+        print(f"| {depth} | {s['hidden_size']} | {s['num_attention_heads']} | {d['params'] / 1e6:.2f}M ({d['body_params'] / 1e6:.2f}M) "
+              f"| {o['tokenizer_vocab_size']} | {o['block_size']} | {o['global_batch_tokens']:,} | {o['learning_rate']:g} "
+              f"| {d['tokens'] / 1e6:.1f}M | {o['max_steps']:,} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
