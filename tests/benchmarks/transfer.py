@@ -53,6 +53,12 @@ def params(depth: int, vocab: int = 4096) -> tuple[int, int]:
 def run(depth: int, variant: str, opts) -> dict:
     base = yaml.safe_load((REPO / "configs" / "cpu-speedrun.yaml").read_text(encoding="utf-8"))
     base.pop("max_train_minutes")
+    # The recipe spelled out, the dial off: the shape comes from --config_overrides below, the vocabulary and the
+    # rest stay the speedrun's at every size, and the schedule is the Trainer's linear decay over the steps.
+    base.update(depth=0, model_config="configs/models/qwen2-speedrun.json", block_size=256, tokenizer_vocab_size=4096,
+                muon_learning_rate=base["learning_rate"], document_attention=True, adam_beta2=0.95, weight_decay=0.1,
+                lr_scheduler_type="linear")
+    base.pop("global_batch_tokens", None)
     for k, v in VARIANTS[variant].items():
         if v is None:
             base.pop(k, None)
