@@ -132,10 +132,44 @@ def describe(namespace, derived_keys: list[str]) -> str:
             + (f"; given instead of derived: {', '.join(given)}" if given else ""))
 
 
+def flops_per_token(depth: int, vocab: int | None = None) -> int:
+    """Training FLOPs per token: 6 per scaling parameter plus attention's 12 x layers x hidden x block (nanochat's
+    estimate_flops, the causal mask not halved)."""
+    d = derive(depth)
+    h, o = d["shape"]["hidden_size"], d["options"]
+    return 6 * (d["body_params"] + (vocab or o["tokenizer_vocab_size"]) * h) + 12 * depth * h * o["block_size"]
+
+
+def fitting_depth(minutes: float, tokens_per_second: float, at_depth: int) -> int:
+    """The largest depth whose compute-optimal horizon trains within the budget, the throughput at other depths
+    scaled from the one measured by FLOPs per token (an estimate: small models run below the machine's peak)."""
+    rate = tokens_per_second * flops_per_token(at_depth)  # FLOPs per second
+    fits = [d for d in range(1, 65) if derive(d)["tokens"] * flops_per_token(d) / rate <= minutes * 60]
+    return max(fits, default=1)
+
+
 def main(argv: list[str]) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m zhpretrain.scale", description="What the dial derives at each depth; "
+                                "with --max_train_minutes, the depth whose compute-optimal horizon fits the budget.")
+    p.add_argument("depths", nargs="*", type=int, default=[2, 4, 8, 12, 16])
+    p.add_argument("--max_train_minutes", type=float, help="a training budget to fit")
+    p.add_argument("--tokens_per_second", type=float, help="measured throughput (the console's tok/s) ...")
+    p.add_argument("--at_depth", type=int, help="... of a run at this depth")
+    a = p.parse_args(argv)
+    if a.max_train_minutes:
+        if not (a.tokens_per_second and a.at_depth):
+            p.error("--max_train_minutes needs --tokens_per_second and --at_depth: a throughput measured on this machine")
+        best = fitting_depth(a.max_train_minutes, a.tokens_per_second, a.at_depth)
+        hours = derive(best)["tokens"] * flops_per_token(best) / (a.tokens_per_second * flops_per_token(a.at_depth)) / 60
+        print(f"depth {best}: its horizon of {derive(best)['tokens'] / 1e6:.1f}M tokens takes ~{hours:.1f} minutes of the "
+              f"{a.max_train_minutes:g} minutes (estimated from {a.tokens_per_second:g} tokens/s at depth {a.at_depth} "
+              f"and FLOPs per token); train it with --depth {best} --max_train_minutes {a.max_train_minutes:g}")
+        return
     print("| depth | hidden | heads | params (body) | vocab | block | batch tokens | lr | horizon tokens | steps |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for depth in map(int, argv or ["2", "4", "8", "12", "16"]):
+    for depth in a.depths:
         d = derive(depth)
         s, o = d["shape"], d["options"]
         print(f"| {depth} | {s['hidden_size']} | {s['num_attention_heads']} | {d['params'] / 1e6:.2f}M ({d['body_params'] / 1e6:.2f}M) "
