@@ -27,7 +27,8 @@ def test_no_preset_falls_back_to_the_demo_with_a_one_line_message(capsys, monkey
     preset, *_ = config.parse_args(["--max_steps", "5"])
     assert preset == config.DEMO_PRESET
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "fjcanyue/wikipedia-zh-cn" in out[0] and "ModelScope" in out[0]
+    assert "fjcanyue/wikipedia-zh-cn" in out[0] and "ModelScope" in out[0]
+    assert len(out) == 2 and out[1].startswith("dial: depth 4")  # the demo preset is a point on the dial
 
 
 def test_full_corpus_present_selects_the_tutorial_preset(monkeypatch, tmp_path):
@@ -35,7 +36,8 @@ def test_full_corpus_present_selects_the_tutorial_preset(monkeypatch, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / config.WIKI_FILE).write_text("[]")
     preset, data, model, _, training = config.parse_args([])
-    assert preset == config.WIKI_PRESET and data.block_size == 512 and training.learning_rate == 5e-4
+    # the tutorial preset is depth 16 on the dial: block 2 x 512 = 1,024, learning rate 0.5 x 0.3118 x C^-0.125 ~ 9.9e-4
+    assert preset == config.WIKI_PRESET and data.block_size == 1024 and training.learning_rate == pytest.approx(9.9e-4)
     assert training.bf16 is False  # no GPU here: fp32
 
 
