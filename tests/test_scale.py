@@ -53,7 +53,7 @@ def test_explicit_options_win_and_the_console_says_which(capsys):
     preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO),
                                                             "--block_size", "512", "--learning_rate", "1e-3"])
     out = capsys.readouterr().out
-    assert data.block_size == 512 and training.learning_rate == 1e-3 and run.muon_learning_rate == pytest.approx(1.2e-3)
+    assert data.block_size == 512 and training.learning_rate == 1e-3 and run.muon_learning_rate == 1e-3  # one rate for both
     assert model.tokenizer_vocab_size == 32768 and run.global_batch_tokens == 131_072 and data.document_attention
     assert "num_hidden_layers=12,hidden_size=384" in model.config_overrides
     assert "dial: depth 12 -> hidden 384" in out and "given instead of derived: block_size, learning_rate" in out
@@ -65,6 +65,12 @@ def test_depth_zero_turns_the_dial_off_and_init_from_is_refused(tmp_path, capsys
     assert model.config_overrides is None and data.block_size == 512 and "dial:" not in capsys.readouterr().out
     with pytest.raises(config.UserError, match="--init_from"):
         config.parse_args([str(REPO / "configs/small.yaml"), "--init_from", str(tmp_path)])
+
+
+def test_sharded_training_gets_adamw_instead_of_a_refusal(monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
+    preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO)])
+    assert run.muon_learning_rate is None and "no Muon: sharded training" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # a real run: ~20 s on two cores

@@ -92,8 +92,13 @@ def apply(namespace, explicit) -> list[str]:
     budget = ("lr_scheduler_type", "lr_scheduler_kwargs") if namespace.max_train_minutes else ("budget_decay_ratio",)
     import torch
 
-    if not hasattr(torch.optim, "Muon"):  # torch < 2.9: AdamW for everything rather than a refusal (config.check_versions)
+    from .run.launch import sharded
+
+    # AdamW for everything rather than a refusal where Muon cannot run: torch < 2.9 has no torch.optim.Muon
+    # (config.check_versions), and FSDP / DeepSpeed shard the matrices Muon orthogonalises whole (model/optim.py).
+    if not hasattr(torch.optim, "Muon") or sharded(namespace):
         budget += ("muon_learning_rate",)
+        namespace.dial_no_muon = True
     for key, value in d["options"].items():
         if explicit(key):
             namespace.dial_given = [*getattr(namespace, "dial_given", []), key]
@@ -129,6 +134,7 @@ def describe(namespace, derived_keys: list[str]) -> str:
     return (f"dial: depth {namespace.depth} -> hidden {s['hidden_size']}, {s['num_attention_heads']} heads, "
             f"~{(d['body_params'] + v['tokenizer_vocab_size'] * s['hidden_size']) / 1e6:.2f}M parameters, vocabulary {v['tokenizer_vocab_size']}, block {v['block_size']}, "
             f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {steps}"
+            + ("; AdamW for every parameter (no Muon: sharded training or torch < 2.9)" if getattr(namespace, "dial_no_muon", False) else "")
             + (f"; given instead of derived: {', '.join(given)}" if given else ""))
 
 
