@@ -188,8 +188,8 @@ def once(path: Path, fill: Callable[[Path], None], builder: bool, what: str) -> 
 
     Waiting on the file system instead of a collective barrier means no rank can hit the process-group timeout while a
     corpus is tokenized. A waiter takes only a verdict given after its process started (an older one is an earlier
-    launch's): pretrain.py joins every process into the process group before any of them gets here, so this launch's
-    builder always speaks after its waiters started."""
+    launch's): in pretrain.py every process passes a barrier (main_process_first, around the hub download) before any
+    of them gets here, so this launch's builder always speaks after its waiters started."""
     if builder:
         try:
             _build(path, fill, what)
