@@ -122,6 +122,9 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
 if __name__ == "__main__":
     if sys.version_info < (3, 10):  # before the package is imported: its annotations need 3.10
         sys.exit(f"\nerror: zhpretrain needs Python >= 3.10; this is Python {sys.version.split()[0]} ({sys.executable}).\n")
+    from zhpretrain.run import launch
+
+    launch.adopt_slurm()  # tasks srun started get torchrun's names (RANK, ...) before anything reads them
     if os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")  # one console: rank 0 speaks for the launch; every rank's errors still show (stderr)
     if {"-h", "--help", "--help-all"} & set(sys.argv[1:]):

@@ -123,52 +123,89 @@ def write(path: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _failure_marker(path: Path) -> Path:
-    return path.parent / f".{path.name}.failed"
+def node() -> str:
+    """This machine among those that may share a cache_dir: its host name, and the node rank torchrun gives
+    (GROUP_RANK, also set under srun: two machines can have one host name, in containers)."""
+    rank = os.environ.get("GROUP_RANK")
+    return socket.gethostname() + (f"-node{rank}" if rank else "")
+
+
+def _verdict_file(path: Path) -> Path:
+    """Where this machine's builder of `path` leaves its verdict: one per machine, so that on a cache_dir that several
+    nodes share, each node's waiters hear their own builder's failure or success, never another node's."""
+    return path.parent / f".{path.name}.verdict-{node()}"
+
+
+def _write_verdict(path: Path, error: str | None) -> None:
+    file = _verdict_file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"time": time.time(), "error": error}))
+    os.replace(tmp, file)  # whole or not at all: a waiter never reads half a verdict
+
+
+def _read_verdict(path: Path, since: float) -> dict | None:
+    """This machine's verdict on `path` if it was given after `since`; None while there is none that recent."""
+    try:
+        verdict = json.loads(_verdict_file(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return verdict if isinstance(verdict, dict) and verdict.get("time", 0) >= since else None
+
+
+def process_start() -> float:
+    """When this process started, by the wall clock, to 10 ms: from Linux's ticks since boot (psutil's create_time adds
+    them to a boot time in whole seconds, up to a second early)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux
+        import psutil
+
+        return psutil.Process().create_time()
+
+
+def _build(path: Path, fill: Callable[[Path], None], what: str) -> None:
+    """Verify the folder at `path`; move it aside when damaged (with a warning); write it when it is not there."""
+    clean_stale(path.parent)
+    if path.exists():
+        problem = verify(path)
+        if problem is None:
+            return
+        warnings.warn(f"The {what} {path} is damaged ({problem}); rebuilding it.", stacklevel=1)
+        aside = path.parent / f".{path.name}.damaged-{os.getpid()}"  # renamed first: no waiter reads a half-removed folder
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:  # another node sharing this cache moved it first
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+    write(path, fill)
 
 
 def once(path: Path, fill: Callable[[Path], None], builder: bool, what: str) -> None:
-    """Make sure a verified cache folder is at `path`: built by one process per node (`builder`), waited for by the others.
+    """Make sure a verified cache folder is at `path`: built or verified by one process per machine (`builder`), whose
+    verdict the others on that machine wait for, so a 2 GB token cache is hashed once per machine, not once per rank.
 
-    A damaged folder is moved aside and rebuilt, with a warning. Waiting on the file system instead of a collective
-    barrier means no rank can hit the process-group timeout while a 2 GB corpus is tokenized; a builder that fails
-    leaves a marker, so the waiting ranks stop with its error instead of waiting forever."""
-    marker = _failure_marker(path)
+    Waiting on the file system instead of a collective barrier means no rank can hit the process-group timeout while a
+    corpus is tokenized. A waiter takes only a verdict given after its process started (an older one is an earlier
+    launch's): in pretrain.py every process passes a barrier (main_process_first, around the hub download) before any
+    of them gets here, so this launch's builder always speaks after its waiters started."""
     if builder:
-        clean_stale(path.parent)
-        if path.exists():
-            problem = verify(path)
-            if problem is None:
-                return
-            warnings.warn(f"The {what} {path} is damaged ({problem}); rebuilding it.", stacklevel=1)
-            aside = path.parent / f".{path.name}.damaged-{os.getpid()}"  # renamed first: no waiter reads a half-removed folder
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:  # another node sharing this cache moved it first
-                pass
-            shutil.rmtree(aside, ignore_errors=True)
-        marker.unlink(missing_ok=True)
         try:
-            write(path, fill)
+            _build(path, fill, what)
         except BaseException as e:
-            if not isinstance(e, KeyboardInterrupt):
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+            if not isinstance(e, KeyboardInterrupt):  # Ctrl-C reaches the waiters too
+                _write_verdict(path, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
             raise
+        if "WORLD_SIZE" in os.environ and os.environ.get("LOCAL_WORLD_SIZE") != "1":  # else no one waits here
+            _write_verdict(path, None)
         return
-    start = time.time()
+    since = process_start()
     announced = False
-    while True:
-        if path.exists() and verify(path) is None:
-            return
-        try:
-            if marker.stat().st_mtime >= start - 1:
-                raise UserError(f"The process building the {what} {path} failed, so this one stops too: "
-                                f"{marker.read_text()}")
-        except FileNotFoundError:
-            pass
-        if not announced:
+    while (verdict := _read_verdict(path, since)) is None:
+        if not announced and not path.exists():  # an existing folder is being verified: a moment, nothing to say
             print(f"waiting for the main process to write the {what} {path} ...", flush=True)
             announced = True
-        time.sleep(2)
-
+        time.sleep(1)
+    if verdict["error"] is not None:
+        raise UserError(f"The process building the {what} {path} failed, so this one stops too: {verdict['error']}")

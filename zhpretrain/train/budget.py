@@ -122,6 +122,14 @@ class TimeBudget(TrainerCallback):
     # ---- the learning-rate schedule (PretrainTrainer.create_scheduler asks for it when a budget is set)
 
     def make_scheduler(self, optimizer, warmup_steps: int):
+        share = self.trainer.args.warmup_steps if self.trainer is not None else None
+        if share is not None and 0 < share < 1:
+            # The Trainer takes a share against max_steps; under a budget that is only a cap, and the steps the budget
+            # will allow are known only when its decay is fixed, near the end: a share of them cannot ramp from step 1.
+            raise UserError(f"--warmup_steps {share:g} is a share of the steps, but with --max_train_minutes the number of "
+                            f"steps is set by the time budget, not known in advance: the share would be taken of the step cap "
+                            f"(max_steps, or the epochs' steps), {warmup_steps:,} warmup steps whatever the budget allows. "
+                            "Give --warmup_steps as a number of steps (1 or more).")
         self.warmup_steps = warmup_steps
         # A plain function, not a callable object: LambdaLR would pickle an object's attributes into scheduler.pt and
         # restore them on resume, a second copy of the state next to zhpretrain_budget.json.
