@@ -36,6 +36,7 @@ class DataArguments:
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Streaming: shuffle this rank's training documents within consecutive windows of this many (the dump is ordered by page id), seeded by split_seed; memory is this x the average document: at 10000, about 13 MB of text per rank for zhwiki (1.1-1.3 KB a document), and a resume re-reads one window; 0 keeps file order."})
     document_attention: bool = field(default=False, metadata={"help": "Each token attends only to its own document inside a packed block (positions restart at each EOS); false: attention crosses the EOS between documents."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many blocks (streaming: default 256)."})
+    eval_subset_samples: int = field(default=256, metadata={"help": "Evaluations during training use the first this many blocks of the evaluation split; the evaluation after training uses all of it (up to max_eval_samples); 0: all of it every time."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip malformed records (and count them) instead of stopping."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where tokenizers and token blocks are cached (default ~/.cache/zhpretrain)."})
 
@@ -133,7 +134,8 @@ OPTION_RANGES = {
     "block_size": Range(2, why="a block needs a next token to predict"), "validation_split_documents": ONE,
     "validation_split_percentage": Range(0, 100, low_open=True, high_open=True,
                                          when=lambda a: not (a.validation_file or a.validation_split_documents)),
-    "max_eval_samples": ONE, "shuffle_buffer_size": ZERO_UP,
+    "max_eval_samples": ONE, "eval_subset_samples": Range(0, why="0: the whole split at every evaluation"),
+    "shuffle_buffer_size": ZERO_UP,
     # tokenizer
     "tokenizer_vocab_size": Range(BYTE_LEVEL_MINIMUM, when=_bpe_trained, why="256 byte tokens, EOS and PAD"),
     "tokenizer_train_max_chars": ONE, "depth": Range(0, 64, why="0: no dial, the shape of --model_config as it is"),

@@ -28,6 +28,8 @@ def format_log(logs: dict, step: int, max_steps: int, eta: float | None = None) 
             parts.append(f"ppl {logs['eval_perplexity']:.2f}")
         if "eval_bits_per_byte" in logs:
             parts.append(f"bits/byte {logs['eval_bits_per_byte']:.4f}")
+        if "eval_samples" in logs:  # during training a subset (eval_subset_samples), after it the whole split
+            parts.append(f"{logs['eval_samples']:,} blocks")
         if "eval_runtime" in logs:
             parts.append(f"{logs['eval_runtime']:.1f}s")
         return " | ".join(parts)

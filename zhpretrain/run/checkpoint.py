@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -127,3 +128,27 @@ def write_manifest(checkpoint: Path) -> None:
     of them is noticed and the checkpoint is skipped instead of crashing the resume."""
     files = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")]
     write_json(checkpoint / MANIFEST, cache.manifest(files, checkpoint))
+
+
+class PendingManifest:
+    """write_manifest(checkpoint) in a thread of its own, started once every file of the checkpoint is written, so that
+    training goes on while its files are hashed (reading and hashing release the GIL). Until the manifest appears the
+    checkpoint is judged by its loads alone (checkpoint_problem), as after a kill between the Trainer's save and ours.
+    Not a daemon: a run that ends on an error still finishes the manifest before the interpreter exits."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint, self.error = checkpoint, None
+        self.thread = threading.Thread(target=self._run, name=f"manifest of {checkpoint.name}")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            write_manifest(self.checkpoint)
+        except BaseException as e:  # handed to wait(): a thread's exception would only be printed
+            self.error = e
+
+    def wait(self) -> None:
+        """Until the manifest is written; raise what writing it raised."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error

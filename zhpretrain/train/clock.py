@@ -26,7 +26,8 @@ def _process_start() -> float:
 
 class Clock:
     """Seconds spent training: from the first training step on, less the time spent evaluating (sample generation
-    included) and saving (side files and their digests included), which are counted apart."""
+    included) and saving (side files included; rank 0 hashes the files into the manifest beside training), which are
+    counted apart."""
 
     def __init__(self):
         self.process_start = _process_start()  # wall clock

@@ -21,10 +21,16 @@ class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
 
     def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, flops_per_token: float = 0.0,
-                 peak_flops: float | None = None, muon_learning_rate: float | None = None, side_files=(), **kwargs):
+                 peak_flops: float | None = None, muon_learning_rate: float | None = None, side_files=(),
+                 eval_subset: tuple | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.muon_learning_rate = muon_learning_rate
-        self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step
+        self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step  # bytes per token: the eval split's
+        # (dataset, its bytes per token): the first eval_subset_samples blocks of eval_dataset, evaluated during training
+        # (evaluate); None: the whole split every time.
+        self.eval_subset = eval_subset
+        self._evaluating = (0, bytes_per_token)  # (blocks, bytes per token) of the evaluation under way, for log()
+        self.pending_manifest = None  # rank 0: the checkpoint.PendingManifest of the newest checkpoint
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # peak: one device
         self.clock = Clock()
         self.nonfinite_losses = None  # a device tensor: non-finite micro-batch losses since the start
@@ -83,36 +89,61 @@ class PretrainTrainer(Trainer):
             self._created_lr_scheduler = True  # as the Trainer marks its own: a second train() call makes a new one
         return super().create_scheduler(num_training_steps, optimizer)
 
-    def _save_checkpoint(self, model, trial):
-        """Our side files first, then the Trainer's files (trainer_state.json, the mark of a complete checkpoint, last),
-        then, once every rank's files are in, the manifest of them all. The whole of it counts as saving, on every rank:
-        the ranks wait for rank 0 inside the pause (the barriers), not in their next step's all-reduce, where the wait
-        would count as training time and eat the budget of a multi-process run."""
-        target = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+    def train(self, *args, **kwargs):
         try:
+            return super().train(*args, **kwargs)
+        finally:  # however training ends (done, Ctrl-C, an error), the last checkpoint gets its manifest
             with self.clock.paused("saving"):
+                self.wait_for_manifest()
+
+    def _save_checkpoint(self, model, trial):
+        """Our side files first, then the Trainer's files (trainer_state.json, the mark of a complete checkpoint, last);
+        then, once every rank's files are in, rank 0 hashes them all into the manifest in a background thread while
+        training goes on (checkpoint.PendingManifest): the digests of a GB checkpoint took as long as writing it, with
+        every other rank waiting at a barrier. The writing counts as saving on every rank: the ranks wait for rank 0
+        inside the pause (the barrier), not in their next step's all-reduce, where the wait would count as training time
+        and eat the budget of a multi-process run."""
+        target = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        with self.clock.paused("saving"):
+            self.wait_for_manifest()  # the previous checkpoint's: the Trainer's rotation below may delete what it reads
+            try:
                 checkpoint.write_side_files(target, {k: v for files in self.side_files for k, v in files(self.state.global_step).items()})
                 super()._save_checkpoint(model, trial)
                 self.accelerator.wait_for_everyone()
-                if self.is_world_process_zero():
-                    checkpoint.write_manifest(target)
-                self.accelerator.wait_for_everyone()
-        except Exception as e:  # see folder.save_error: torch reports a full disk as a RuntimeError
-            raise folder.save_error(target, e) from None
+            except Exception as e:  # see folder.save_error: torch reports a full disk as a RuntimeError
+                raise folder.save_error(target, e) from None
+        if self.is_world_process_zero():
+            self.pending_manifest = checkpoint.PendingManifest(target)
 
-    def evaluate(self, *args, **kwargs):
+    def wait_for_manifest(self) -> None:
+        """Until the newest checkpoint's manifest is written (rank 0; at once elsewhere and when none is pending)."""
+        pending, self.pending_manifest = self.pending_manifest, None
+        if pending is not None:
+            try:
+                pending.wait()
+            except Exception as e:
+                raise folder.save_error(pending.checkpoint, e) from None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """During training, on eval_subset when there is one; at its last step, after it, and given a dataset, on the
+        whole split: final/ and the model card report the evaluation logged at the last step (run/final.py)."""
+        if eval_dataset is None and self.is_in_train and self.eval_subset is not None and not self.control.should_training_stop:
+            eval_dataset, bytes_per_token = self.eval_subset
+        else:
+            eval_dataset, bytes_per_token = self.eval_dataset if eval_dataset is None else eval_dataset, self.bytes_per_token
+        self._evaluating = (len(eval_dataset), bytes_per_token)
         with self.clock.paused("evaluation"):  # the sample callbacks (rank 0 only) run inside it too: every rank waits here
-            metrics = super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             self.accelerator.wait_for_everyone()
             return metrics
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         step = self.state.global_step
         if "eval_loss" in logs:
-            loss = logs["eval_loss"]
+            loss, (logs["eval_samples"], bytes_per_token) = logs["eval_loss"], self._evaluating  # samples: blocks evaluated
             logs["eval_perplexity"] = math.exp(min(loss, 50))
             # Nats per token -> bits per UTF-8 byte of the evaluation text: comparable across tokenizers.
-            logs["eval_bits_per_byte"] = loss / math.log(2) / self.bytes_per_token
+            logs["eval_bits_per_byte"] = loss / math.log(2) / bytes_per_token
         elif "loss" in logs:
             logs["tokens_seen"] = step * self.tokens_per_step
             if (steps_per_second := self.clock.rate(step)) is not None:
@@ -174,6 +205,8 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
                                         datasets["train"].state_dict(step * per_rank)})
     time_budget = budget.TimeBudget(run_args, resume)
     side_files.append(lambda step: time_budget.side_files(step) if main_process else {})
+    test, first = datasets["test"], data_args.eval_subset_samples
+    subset = torch.utils.data.Subset(test, range(first)) if first and first < len(test) else None
     trainer = PretrainTrainer(
         model=model,
         args=training_args,
@@ -189,6 +222,7 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
         peak_flops=peak,
         muon_learning_rate=run_args.muon_learning_rate,
         side_files=side_files,
+        eval_subset=(subset, blocks.label_bytes_per_token(subset, tok)) if subset is not None else None,
     )
     guard.trainer = trainer
     time_budget.attach(trainer)  # after the other callbacks (Guard may add a save), before console's progress bar
