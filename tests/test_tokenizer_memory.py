@@ -2,9 +2,9 @@
 
 The input is one CJK document of 2 M characters without punctuation or spaces, drawn (seeded, so always the same)
 from the 20,902 CJK Unified Ideographs: Qwen2's split makes it one word, and every 2,000-character piece the trainer
-sees is distinct, the worst case for the trainer's tables (~230 bytes per character of distinct words, the issue's
-measurement: ~460 MB for all of it). The pipeline lets one document give at most 1/20 of tokenizer_train_max_chars
-(here 2 M, so 100,000 characters: ~23 MB of tables) whatever its length.
+sees is distinct, the worst case for the trainer's tables (~0.2 KB per character of distinct words: with the 1/20
+limit below removed, the peak was 361 MB above the short document's). The pipeline lets one document give at most
+1/20 of tokenizer_train_max_chars (here 2 M, so 100,000 characters: ~23 MB of tables) whatever its length.
 
 The bound, 120 MB above the same process trained on a 20,000-character cut of the same document: those tables, plus
 the document itself, which the child holds a few times over (the JSON line, 6 MB; the str, 4 MB; its first cut)."""

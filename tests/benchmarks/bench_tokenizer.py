@@ -11,7 +11,9 @@ Each point trains in its own process; its peak RSS is that process's ru_maxrss (
 corpus included, as in the pipeline's tokenizer child. Characters per token: all characters of the
 held-out documents over all their tokens (no special tokens), NFC as the tokenizer sees them. For k > 0 it is
 measured twice: encoding with Qwen2's split alone (what train() saves) and with the training cut kept.
---qwen2 adds Qwen2's 151k tokenizer as the reference.
+--qwen2 adds Qwen2's 151k tokenizer as the reference. --distinct counts, for each --han_piece, the distinct words (and
+their characters) that the trainer would hold after each --chars characters of the training file in file order (no
+training: what the trainer's memory grows with).
 """
 import argparse
 import json
@@ -67,6 +69,27 @@ def one(args) -> dict:
     return result
 
 
+def distinct(args) -> None:
+    from tokenizers import pre_tokenizers
+
+    texts = held_out(args.train)
+    for han_piece in args.han_piece:
+        full = tokenizer.pre_tokenizer(han_piece)
+        split = pre_tokenizers.Sequence([full[i] for i in range(2 if han_piece else 1)])  # without the bytes
+        seen, chars, total, marks = set(), 0, 0, sorted(c or ALL for c in args.chars)
+        for text in texts:
+            for start in range(0, len(text), tokenizer.TRAIN_PIECE_CHARS):
+                for word, _ in split.pre_tokenize_str(text[start:start + tokenizer.TRAIN_PIECE_CHARS]):
+                    if word not in seen:
+                        seen.add(word)
+                        chars += len(word)
+            total += len(text)
+            while marks and (total >= marks[0] or text is texts[-1]):
+                print(json.dumps({"han_piece": han_piece or None, "chars": total, "distinct_words": len(seen),
+                                  "distinct_chars": chars}), flush=True)
+                marks.pop(0)
+
+
 def point(args, vocab: int, chars: int, han_piece: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, args.train, args.val, "--one", out.name, "--vocab", str(vocab),
@@ -88,6 +111,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, nargs="+", default=[3_000_000], help="training characters; 0 = all")
     parser.add_argument("--han_piece", type=int, nargs="+", default=[0, tokenizer.HAN_PIECE], help="0 = whole Han runs")
     parser.add_argument("--qwen2", action="store_true")
+    parser.add_argument("--distinct", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -95,6 +119,8 @@ def main() -> None:
         args.vocab, args.chars, args.han_piece = args.vocab[0], args.chars[0], args.han_piece[0]
         Path(args.one).write_text(json.dumps(one(args)))
         return
+    if args.distinct:
+        return distinct(args)
     report = {"environment": environment(), "command": " ".join(sys.argv), "points": []}
     if args.qwen2:
         with tempfile.TemporaryDirectory() as root:
