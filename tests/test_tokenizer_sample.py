@@ -40,7 +40,8 @@ def test_spread_takes_an_even_stride_over_the_whole_split_up_to_max_chars():
 
 def test_the_sample_is_part_of_the_tokenizer_cache_key_and_head_keeps_the_old_key(tmp_path):
     source = {"files": [["x", 1, 2]]}
-    head, spread = (tokenizer.cache_folder(tmp_path, source, ModelArguments(tokenizer_train_sample=s)) for s in ("head", "spread"))
+    head, spread = (tokenizer.cache_folder(tmp_path, source, ModelArguments(tokenizer_train_sample=s, tokenizer_train_max_chars=3_000_000))
+                    for s in ("head", "spread"))
     assert head != spread
     before = cache.folder(tmp_path, "tokenizer", {**source, "vocab_size": 32000, "max_chars": 3_000_000})
     assert head == before  # caches written before the option existed are still found

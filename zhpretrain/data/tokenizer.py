@@ -19,6 +19,11 @@ QWEN2 = "qwen2"  # the special --tokenizer_name_or_path for the original tutoria
 QWEN2_SPECIAL = [EOS, "<|im_start|>", "<|im_end|>"]  # ids 151643, 151644, 151645 as in Qwen2's own tokenizer.json
 # Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
 SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Han words of at most HAN_PIECE characters, the bounded-memory alternative that the benchmark measures
+# (tests/benchmarks/bench_tokenizer.py, docs/tokenizer.md): it keeps the trainer's tables nearly flat in the text size
+# but lost 3.5-12% characters per token at every vocabulary size, more than 6x the text gains; so the pipeline trains
+# on whole runs.
+HAN_PIECE = 2
 
 
 def resolve(name: str, cache_root: Path | None = None) -> Path:
@@ -135,18 +140,28 @@ def _convert_qwen2(ranks: Path):
                                    model_max_length=1 << 30)  # documents are encoded whole, then cut into blocks: no length warning
 
 
-def train(texts: Iterator[str], vocab_size: int, max_chars: int):
-    """Train a byte-level BPE (NFC-normalised, Qwen2-style split) on texts, stopping after max_chars characters."""
+def pre_tokenizer(han_piece: int | None):
+    """Qwen2's split, then (han_piece) Han runs cut into words of at most han_piece characters, then bytes."""
+    han = [pre_tokenizers.Split(Regex(rf"\p{{Han}}{{1,{han_piece}}}"), behavior="isolated")] if han_piece else []
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"), *han,
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def train(texts: Iterator[str], vocab_size: int, max_chars: int, han_piece: int | None = None):
+    """Train a byte-level BPE (NFC-normalised, Qwen2-style split) on texts, stopping after max_chars characters.
+
+    The trainer's peak memory grows with the distinct words it counts, ~230 bytes per character of them: with
+    Qwen2's split a CJK clause is one word and nearly all are distinct, so ~0.23 GB per million characters of text.
+    han_piece (the benchmark's alternative) counts Han runs in words of at most that many characters instead; the
+    saved tokenizer always encodes with Qwen2's split alone (encoding with the cut kept measured worse still)."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizer(han_piece)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_training_pieces(texts, max_chars), trainer=trainer)
+    tok.pre_tokenizer = pre_tokenizer(None)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=1 << 30)
 
 
