@@ -59,7 +59,7 @@ def measure(path: str, cache_dir: str | None) -> dict:
     # other jobs the wall clock stretches, the CPU time much less
 
     def clock():
-        return time.perf_counter(), sum(resource.getrusage(who)[:2] for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return time.perf_counter(), sum(sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
     def phase(name, work):
         wall, used = clock()

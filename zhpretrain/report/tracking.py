@@ -59,7 +59,7 @@ def _saved_id(output_dir: str, checkpoint: str | None) -> str | None:
     return path.read_text().strip() or None
 
 
-def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> None:
+def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> str | None:
     """Store the run id; in local and offline mode, copy the checkpoint's curves into this run.
 
     SwanLab 0.10.3 resumes a run by id only in cloud mode (the server holds the experiment). Local and offline mode
@@ -72,13 +72,15 @@ def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | N
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         callback.replay(state["log_history"])
         if mode == "local":
-            _one_experiment(swanlab, state["global_step"])
+            return _one_experiment(swanlab, state["global_step"])
+    return None
 
 
-def _one_experiment(swanlab, step: int) -> None:
+def _one_experiment(swanlab, step: int) -> str | None:
     """Make this run the dashboard's one experiment of its id: copy the earlier starts' samples up to the checkpoint's
     step into it (their scalars came with the checkpoint's history), then take the earlier experiments out of the
-    dashboard's database and give this one their name. Their run folders stay on disk: nothing logged is deleted.
+    dashboard's database. Their run folders stay on disk: nothing logged is deleted. Returns their name, which this
+    experiment takes when it finishes (Run.finish): SwanLab saves its own copy of the experiment row then, name included.
 
     SwanLab 0.10.3's local mode makes every start a new experiment, named NAME-1, NAME-2 (deprecated/local.py), and
     swanboard has no call that removes an experiment but keeps its folder (its delete_experiment removes both)."""
@@ -108,8 +110,16 @@ def _one_experiment(swanlab, step: int) -> None:
             # the project's multi-experiment charts that no experiment feeds any more (as swanboard's own delete does)
             Chart.delete().where(Chart.id.in_([c.id for c in Chart.filter(Chart.project_id == project, Chart.name.in_(names))
                                                if c.sources.count() == 0])).execute()
-            current.name = earlier[0].name
-            current.save()
+        return earlier[0].name
+    return None
+
+
+def _rename(run_dir: str, name: str) -> None:
+    from swanboard.db import connect
+    from swanboard.db.models import Experiment
+
+    with connect().atomic():
+        Experiment.update(name=name).where(Experiment.run_id == run_dir).execute()
 
 
 def logged_in() -> bool:
@@ -135,8 +145,8 @@ def resolve_mode(requested: str | None) -> str:
 class Run:
     """The SwanLab run of this process (a no-op off the main process or when disabled)."""
 
-    def __init__(self, swanlab=None, callback=None):
-        self.swanlab, self.callback = swanlab, callback
+    def __init__(self, swanlab=None, callback=None, name: str | None = None):
+        self.swanlab, self.callback, self.name = swanlab, callback, name  # name: the dashboard name to take at the end
 
     def log_samples(self, step: int, texts: list[str], label: str = SAMPLE_LABEL, key: str = SAMPLES) -> None:
         from ..model.sampling import printable
@@ -150,7 +160,13 @@ class Run:
 
     def finish(self) -> None:
         if self.swanlab is not None:
+            run_dir = self.swanlab.get_run().dir.name
             self.swanlab.finish()
+            if self.name:
+                try:
+                    _rename(run_dir, self.name)
+                except Exception as e:  # the dashboard never fails a finished run
+                    print(f"warning: the SwanLab dashboard keeps this experiment's new name ({e})", flush=True)
 
 
 def start(run_args, training_args, main_process: bool, config: dict, checkpoint: str | None = None) -> Run:
@@ -198,8 +214,8 @@ def start(run_args, training_args, main_process: bool, config: dict, checkpoint:
                 mode = "local"
         swanlab.init(mode=mode, settings=settings, **init)
         callback = make_callback()
-        _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
+        name = _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
     except Exception as e:
         warnings.warn(f"SwanLab could not start ({type(e).__name__}: {e}); training goes on without it.", stacklevel=1)
         return Run()
-    return Run(swanlab, callback)
+    return Run(swanlab, callback, name)
