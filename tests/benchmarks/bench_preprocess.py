@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--block_size", type=int, default=512)
     parser.add_argument("--tokenizer_train_max_chars", type=int, default=ModelArguments.tokenizer_train_max_chars)
     parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--tokenizer", default=None, help="a ready tokenizer folder (default: train one as pretrain.py does)")
     parser.add_argument("--prepare-only", action="store_true", help="run the whole preprocessing once and stop (for /usr/bin/time -v)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -65,7 +66,8 @@ def main() -> None:
         print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "stats": meta["stats"]}))
         return
 
-    tok, _ = tokenizer.choose(data_args, model_args, key, None, builder=True)  # trained once, then from cache_dir
+    tok = (tokenizer.load(args.tokenizer) if args.tokenizer else
+           tokenizer.choose(data_args, model_args, key, None, builder=True)[0])  # trained once, then from cache_dir
 
     # The tokenizer alone: every text already in memory, one batched call. Wall clock and CPU time (the Rust
     # tokenizer's threads included): on a core shared with other jobs only the CPU time means much.
