@@ -33,14 +33,14 @@ def source(data_args) -> dict:
 
 # The start-up estimate's constants, per byte of data file (what is known before reading), with the default tokenizer
 # settings (a 32,000-token BPE, block_size 512), measured on 2026-12-01 at commit 2b6a142 on one core of a 2-core AMD EPYC
-# (pinned: taskset -c 1, OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1), README "从 demo 到完整语料":
-#   python tests/benchmarks/prepare_constants.py grow ../shared/data/zhwiki-sample.jsonl 0.5|1 /tmp/corpus-<s>x.jsonl
+# (the 112 MB run at 0a82d8b, the same data code; pinned: taskset -c 1, OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1), README "从 demo 到完整语料":
+#   python tests/benchmarks/prepare_constants.py grow ../shared/data/zhwiki-sample.jsonl 0.5|1|2 /tmp/corpus-<s>x.jsonl
 #   /usr/bin/time -v python tests/benchmarks/prepare_constants.py measure /tmp/corpus-<s>x.jsonl
-# gave 58.3 s and 84.1 s of CPU for 28,090,961 and 56,179,426 bytes: the second 28.1 MB took 25.8 CPU seconds
-# (1.09 MB/s: hashing, reading, splitting, tokenizing, packing, writing), and 56,179,426 bytes gave 23,991,790 bytes of
-# cache. The core was shared with other jobs (load 4-10), so the CPU time is the figure; more cores speed up only the
+# gave 58.3, 84.1 and 141.7 s of CPU for 28,090,961, 56,179,426 and 112,364,995 bytes: a least-squares line of 0.99 s per
+# MB (1.0 MB/s: hashing, reading, splitting, tokenizing, packing, writing) plus 29.5 s (imports, the tokenizer's
+# training, done before this estimate is printed); 112,364,995 bytes gave 48,119,204 bytes of cache (0.428). The core was shared with other jobs (load 4-10), so the CPU time is the figure; more cores speed up only the
 # Rust tokenizer's share of it.
-CACHE_FILE_BYTES_PER_S = 1_090_000
+CACHE_FILE_BYTES_PER_S = 1_000_000
 CACHE_BYTES_PER_FILE_BYTE = 0.427  # uint16 tokens; twice that with a vocabulary above 65,536 (uint32)
 
 
