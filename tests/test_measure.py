@@ -30,3 +30,16 @@ def test_a_grown_corpus_holds_whole_perturbed_copies_and_no_repeated_text(tmp_pa
     stats = ReadStats()
     docs = list(split.documents(DataArguments(train_file=str(grown), validation_split_percentage=10), stats))
     assert len(docs) == len(records) and stats.duplicates == {"train": 0, "test": 0}
+
+
+# ---- issue 18 item 8: a sample longer than the model's positions is refused before anything runs
+
+def test_max_new_tokens_beyond_the_models_positions_is_one_paragraph_at_parse_time(tmp_path):
+    from conftest import run_pretrain
+
+    # configs/models/qwen2-demo.json has 1024 positions; a prompt needs EOS and one token of its own beside the new ones
+    out = run_pretrain("configs/demo.yaml", "--max_new_tokens", 1023, "--output_dir", tmp_path / "out", timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stdout, out.stdout[-2000:]
+    error = [line for line in out.stdout.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "--max_new_tokens 1023" in error[0] and "1,024 positions" in error[0] and "at most 1,022" in error[0], out.stdout
+    assert not (tmp_path / "out").exists()  # refused before the output folder or any cache was made
