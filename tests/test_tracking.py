@@ -64,5 +64,16 @@ def test_a_resumed_run_continues_the_same_swanlab_run_and_curve(tmp_path, mode):
     # No bookkeeping charts: they would crowd the curves people read (tracking.CHARTS).
     assert not {k for k in after if k.startswith(("trainer/", "single_value/")) or k in (
         "train/epoch", "train/global_step", "eval/runtime", "eval/samples_per_second", "train/tokens_seen")}, after
-    assert [s for s, _ in swanlab_log.texts(newest[0])["samples"]] == [20]
+    if mode == "offline":
+        assert [s for s, _ in swanlab_log.texts(newest[0])["samples"]] == [20]
+        return
+    # The local dashboard holds one experiment for the run, under its own name, with the whole curve and every
+    # evaluation's samples (the first start's, step 10, copied in); the first start's folder stays on disk.
+    import sqlite3
+
+    assert old.is_dir() and swanlab_log.texts(old)["samples"][0][0] == 10
+    with sqlite3.connect(tmp_path / "swanlog" / "runs.swanlab") as db:
+        assert db.execute("SELECT name, run_id FROM experiment").fetchall() == [("out", newest[0].name)]
+    assert [s for s, _ in swanlab_log.texts(newest[0])["samples"]] == [10, 20]
+    assert swanlab_log.texts(newest[0])["samples"][0] == swanlab_log.texts(old)["samples"][0]
 

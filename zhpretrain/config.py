@@ -186,6 +186,25 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def check_sample_length(model, max_new_tokens: int) -> None:
+    """Samples longer than a local model config's positions (with its --config_overrides) are refused here, not at the
+    first evaluation after the data is tokenized (sampling.fit would refuse them then)."""
+    import json
+
+    if model.init_from or not (model.model_config and Path(model.model_config).is_file()):
+        return
+    try:
+        shape = json.loads(Path(model.model_config).read_text(encoding="utf-8"))
+        shape.update(kv.strip().split("=", 1) for kv in (model.config_overrides or "").split(",") if "=" in kv)
+        positions = int(shape.get("max_position_embeddings") or shape.get("n_positions") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return  # a malformed config is build.check_shape's to report, in its own paragraph
+    if positions and max_new_tokens > positions - 2:
+        raise UserError(f"--max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's {positions:,} positions "
+                        f"(max_position_embeddings in {model.model_config}): give at most {positions - 2:,}; nothing was "
+                        "read or trained yet.")
+
+
 def check_versions(namespace) -> None:
     """Refuse, in one paragraph naming the version found and the one needed, what would crash at start-up."""
     import torch
@@ -343,6 +362,7 @@ def parse_args(argv: list[str] | None = None):
         raise UserError(f"Invalid arguments: {e}") from None
     data.train_file, data.validation_file = resolve_path(data.train_file), resolve_path(data.validation_file) or None
     model.model_config = resolve_path(model.model_config)
+    check_sample_length(model, run.max_new_tokens)
     if data.streaming and training.max_steps <= 0:
         raise UserError("streaming: true needs --max_steps (a stream has no length, so epochs cannot be counted).")
     if run.swanlab_mode and run.swanlab_mode.lower() not in ("cloud", "online", "local", "offline", "disabled"):

@@ -32,12 +32,16 @@ def source(data_args) -> dict:
 
 
 # The start-up estimate's constants, per byte of data file (what is known before reading), with the default tokenizer
-# settings (a 32,000-token BPE): `python tests/benchmarks/prepare_constants.py ../shared/data/zhwiki-sample.jsonl` on a
-# 2-core machine shared with other jobs (load average ~10) gave 56,179,426 file bytes cached in 128.17 s (blocks_s) into
-# 23,991,050 bytes of token cache. A quiet machine, or more cores for the Rust tokenizer, is faster.
-CACHE_FILE_BYTES_PER_S = 438_000
+# settings (a 32,000-token BPE, block_size 512), measured on 2026-12-01 at commit 2b6a142 on one core of a 2-core AMD EPYC
+# (the 112 MB run at 0a82d8b, the same data code; pinned: taskset -c 1, OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1), README "从 demo 到完整语料":
+#   python tests/benchmarks/prepare_constants.py grow ../shared/data/zhwiki-sample.jsonl 0.5|1|2 /tmp/corpus-<s>x.jsonl
+#   /usr/bin/time -v python tests/benchmarks/prepare_constants.py measure /tmp/corpus-<s>x.jsonl
+# gave 58.3, 84.1 and 141.7 s of CPU for 28,090,961, 56,179,426 and 112,364,995 bytes: a least-squares line of 0.99 s per
+# MB (1.0 MB/s: hashing, reading, splitting, tokenizing, packing, writing) plus 29.5 s (imports, the tokenizer's
+# training, done before this estimate is printed); 112,364,995 bytes gave 48,119,204 bytes of cache (0.428). The core was shared with other jobs (load 4-10), so the CPU time is the figure; more cores speed up only the
+# Rust tokenizer's share of it.
+CACHE_FILE_BYTES_PER_S = 1_000_000
 CACHE_BYTES_PER_FILE_BYTE = 0.427  # uint16 tokens; twice that with a vocabulary above 65,536 (uint32)
-MEASURED_CORES = 2
 
 
 def estimate(key: dict, vocabulary: int) -> str | None:
@@ -52,7 +56,7 @@ def estimate(key: dict, vocabulary: int) -> str | None:
     disk = size * CACHE_BYTES_PER_FILE_BYTE * (2 if vocabulary > 1 << 16 else 1)  # uint32 tokens above 65,536
     more = " (compressed files hold more text than their size: more)" if compressed else ""
     return (f"estimate: building the token cache from {files.human(size)} of data takes about {_duration(seconds)} "
-            f"and {files.human(round(disk))} of disk{more}, at the rate measured on a {MEASURED_CORES}-core machine "
+            f"and {files.human(round(disk))} of disk{more}, at the rate measured on one core of a 2-core AMD EPYC "
             f"({CACHE_FILE_BYTES_PER_S / 1e6:.2f} MB of data file per second, {CACHE_BYTES_PER_FILE_BYTE:.2f} bytes of "
             "cache per byte, with the default tokenizer): an estimate, not a measurement of this machine")
 

@@ -19,6 +19,15 @@ CHARTS = ("train/loss", "eval/loss", "eval/bits_per_byte", "train/learning_rate"
           "train/tokens_per_second", "train/mfu", "eval/perplexity")
 
 
+SAMPLES, SAMPLE_LABEL = "samples", "eval sample"  # the text panel of the samples generated at each evaluation
+
+
+def _caption(label: str, i: int) -> str:
+    """A text's caption. The local dashboard's text panel reads every item's caption and draws nothing at all when one
+    has none (swanboard 0.1.10b2's TextModule reads more[i].caption, and an item without a caption is null there)."""
+    return f"{label} {i + 1}"
+
+
 def charts(payload: dict) -> dict:
     """The payload's curves a user watches, in the order of CHARTS; everything else is dropped."""
     return {key: payload[key] for key in CHARTS if key in payload}
@@ -50,7 +59,7 @@ def _saved_id(output_dir: str, checkpoint: str | None) -> str | None:
     return path.read_text().strip() or None
 
 
-def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> None:
+def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | None) -> str | None:
     """Store the run id; in local and offline mode, copy the checkpoint's curves into this run.
 
     SwanLab 0.10.3 resumes a run by id only in cloud mode (the server holds the experiment). Local and offline mode
@@ -60,8 +69,57 @@ def _continue(swanlab, callback, mode: str, output_dir: str, checkpoint: str | N
     one cloud experiment."""
     Path(output_dir, ID_FILE).write_text(swanlab.get_run().id)
     if mode in ("local", "offline") and checkpoint:
-        history = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"]
-        callback.replay(history)
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        callback.replay(state["log_history"])
+        if mode == "local":
+            return _one_experiment(swanlab, state["global_step"])
+    return None
+
+
+def _one_experiment(swanlab, step: int) -> str | None:
+    """Make this run the dashboard's one experiment of its id: copy the earlier starts' samples up to the checkpoint's
+    step into it (their scalars came with the checkpoint's history), then take the earlier experiments out of the
+    dashboard's database. Their run folders stay on disk: nothing logged is deleted. Returns their name, which this
+    experiment takes when it finishes (Run.finish): SwanLab saves its own copy of the experiment row then, name included.
+
+    SwanLab 0.10.3's local mode makes every start a new experiment, named NAME-1, NAME-2 (deprecated/local.py), and
+    swanboard has no call that removes an experiment but keeps its folder (its delete_experiment removes both)."""
+    from swanboard.db import connect
+    from swanboard.db.models import Chart, Experiment, Tag
+
+    run = swanlab.get_run()
+    [current] = Experiment.filter(Experiment.run_id == run.dir.name)
+    earlier = sorted((e for e in Experiment.filter(Experiment.run_id.endswith(f"-{run.id}")) if e.id != current.id),
+                     key=lambda e: e.id)
+    samples = {}  # step -> texts; a later start's texts for a step replace an earlier one's
+    for experiment in earlier:
+        tag = Tag.filter(Tag.experiment_id == experiment.id, Tag.name == SAMPLES).first()
+        folder = Path(run.dir.parent, experiment.run_id, "logs", tag.folder) if tag else None
+        for log in sorted(folder.glob("*.log")) if folder and folder.is_dir() else []:
+            for line in log.read_text(encoding="utf-8").splitlines():
+                entry = json.loads(line)
+                if entry["index"] <= step:
+                    samples[entry["index"]] = entry["data"]
+    for at, texts in sorted(samples.items()):
+        swanlab.log({SAMPLES: [swanlab.Text(t, caption=_caption(SAMPLE_LABEL, i)) for i, t in enumerate(texts)]}, step=at)
+    if earlier:
+        names = [tag.name for e in earlier for tag in Tag.filter(Tag.experiment_id == e.id)]
+        with connect().atomic():
+            Experiment.delete().where(Experiment.id.in_([e.id for e in earlier])).execute()  # its rows go with it (cascade)
+            project = current.project_id
+            # the project's multi-experiment charts that no experiment feeds any more (as swanboard's own delete does)
+            Chart.delete().where(Chart.id.in_([c.id for c in Chart.filter(Chart.project_id == project, Chart.name.in_(names))
+                                               if c.sources.count() == 0])).execute()
+        return earlier[0].name
+    return None
+
+
+def _rename(run_dir: str, name: str) -> None:
+    from swanboard.db import connect
+    from swanboard.db.models import Experiment
+
+    with connect().atomic():
+        Experiment.update(name=name).where(Experiment.run_id == run_dir).execute()
 
 
 def logged_in() -> bool:
@@ -87,10 +145,10 @@ def resolve_mode(requested: str | None) -> str:
 class Run:
     """The SwanLab run of this process (a no-op off the main process or when disabled)."""
 
-    def __init__(self, swanlab=None, callback=None):
-        self.swanlab, self.callback = swanlab, callback
+    def __init__(self, swanlab=None, callback=None, name: str | None = None):
+        self.swanlab, self.callback, self.name = swanlab, callback, name  # name: the dashboard name to take at the end
 
-    def log_samples(self, step: int, texts: list[str], label: str = "eval sample", key: str = "samples") -> None:
+    def log_samples(self, step: int, texts: list[str], label: str = SAMPLE_LABEL, key: str = SAMPLES) -> None:
         from ..model.sampling import printable
         from .console import write
 
@@ -98,11 +156,17 @@ class Run:
         for text in texts:  # above the progress bar, one line each (train.log is read line by line): a newline shows as ⏎
             write(f"{label} @ step {step}: " + text.replace("\n", "\u23ce"))
         if self.swanlab is not None:
-            self.swanlab.log({key: [self.swanlab.Text(t) for t in texts]}, step=step)
+            self.swanlab.log({key: [self.swanlab.Text(t, caption=_caption(label, i)) for i, t in enumerate(texts)]}, step=step)
 
     def finish(self) -> None:
         if self.swanlab is not None:
+            run_dir = self.swanlab.get_run().dir.name
             self.swanlab.finish()
+            if self.name:
+                try:
+                    _rename(run_dir, self.name)
+                except Exception as e:  # the dashboard never fails a finished run
+                    print(f"warning: the SwanLab dashboard keeps this experiment's new name ({e})", flush=True)
 
 
 def start(run_args, training_args, main_process: bool, config: dict, checkpoint: str | None = None) -> Run:
@@ -150,8 +214,8 @@ def start(run_args, training_args, main_process: bool, config: dict, checkpoint:
                 mode = "local"
         swanlab.init(mode=mode, settings=settings, **init)
         callback = make_callback()
-        _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
+        name = _continue(swanlab, callback, mode, training_args.output_dir, checkpoint)
     except Exception as e:
         warnings.warn(f"SwanLab could not start ({type(e).__name__}: {e}); training goes on without it.", stacklevel=1)
         return Run()
-    return Run(swanlab, callback)
+    return Run(swanlab, callback, name)
