@@ -1,6 +1,7 @@
 """The one dial (zhpretrain/scale.py): values derived by hand from the rules in docs/recipe.md, parameter counts
 against the real model, explicit options winning, and a real run whose logged learning rates follow the schedule."""
 import json
+import types
 
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -25,6 +26,20 @@ def test_parameter_count_matches_the_real_model(depth):
     model = AutoModelForCausalLM.from_config(cfg)
     assert sum(p.numel() for p in model.parameters()) == d["params"]
     assert sum(p.numel() for n, p in model.named_parameters() if "embed" not in n) == d["body_params"]
+
+
+@pytest.mark.parametrize("depth", [4, 16])
+def test_the_pipeline_builds_the_derived_shape(depth):
+    # through the project's own config path (base config + derived overrides), not a config made here
+    from zhpretrain.model.build import _read
+
+    args = types.SimpleNamespace(init_from=None, model_config=str(REPO / scale.BASE_CONFIG), trust_remote_code=False,
+                                 config_overrides=scale.config_overrides(depth, None))
+    _, cfg = _read(args)
+    s = scale.shape(depth)
+    assert (cfg.hidden_size, cfg.num_attention_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) == (s["hidden_size"], s["num_attention_heads"], s["head_dim"])
+    cfg.vocab_size = scale.derive(depth)["options"]["tokenizer_vocab_size"]
+    assert sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters()) == scale.derive(depth)["params"]
 
 
 def test_depth_12_by_hand():
