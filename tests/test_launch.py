@@ -37,6 +37,16 @@ def srun_env(procid: int, job: int, tasks: int = 2) -> dict:
 
 # ---- SLURM
 
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """launch.adopt_slurm writes RANK, WORLD_SIZE, MASTER_PORT... into os.environ, which monkeypatch does not undo for
+    names that were absent: left behind, they make every later run of the suite join a process group."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.mark.parametrize("nodelist, first", [("localhost", "localhost"), ("node[07-09,12],gpu3", "node07"),
                                              ("gpu3,node[1-2]", "gpu3"), ("rack[2-3]-n[010-011]", "rack2-n010")])
 def test_the_first_host_of_a_slurm_node_list(nodelist, first):
