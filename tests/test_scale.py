@@ -74,12 +74,18 @@ def test_explicit_options_win_and_the_console_says_which(capsys):
     assert "dial: depth 12 -> hidden 384" in out and "given instead of derived: block_size, learning_rate" in out
 
 
-def test_depth_zero_turns_the_dial_off_and_init_from_is_refused(tmp_path, capsys):
+def test_depth_zero_init_from_and_a_model_config_turn_the_shape_off(tmp_path, capsys):
     preset, data, model, run, training = config.parse_args([str(REPO / "configs/tutorial.yaml"), "--train_file", str(DEMO),
                                                             "--depth", "0", "--model_config", "configs/models/qwen2-tutorial.json"])
     assert model.config_overrides is None and data.block_size == 512 and "dial:" not in capsys.readouterr().out
-    with pytest.raises(config.UserError, match="--init_from"):
-        config.parse_args([str(REPO / "configs/small.yaml"), "--init_from", str(tmp_path)])
+    # --init_from continues a model as it is: no dial
+    preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--init_from", str(tmp_path)])
+    assert model.config_overrides is None and run.muon_learning_rate is None and "dial:" not in capsys.readouterr().out
+    # an explicit model_config keeps its own shape; the rest is still derived
+    preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--model_config",
+                                                            "configs/models/gpt2-small.json", "--block_size", "1000"])
+    assert model.config_overrides is None and run.global_batch_tokens == 131_000  # 131 whole sequences of 1,000
+    assert "the shape of" in capsys.readouterr().out
 
 
 def test_sharded_training_gets_adamw_instead_of_a_refusal(monkeypatch, capsys):

@@ -335,10 +335,8 @@ def parse_args(argv: list[str] | None = None):
     def named(key):  # where the value came from: the command line or the preset
         return f"--{key}" + ("" if given(key) else f" (from {preset})")
     dial = None
-    if namespace.depth and not out_of_range(namespace, {"depth": OPTION_RANGES["depth"]}, named):
-        if namespace.init_from:
-            raise UserError(f"{named('depth')} and {named('init_from')} both give the model's shape: --init_from continues "
-                            "a model as it is. Drop one of them.")
+    # --init_from continues a model as it is (its shape, tokenizer and recipe are the user's): the dial stays off.
+    if namespace.depth and not namespace.init_from and not out_of_range(namespace, {"depth": OPTION_RANGES["depth"]}, named):
         from . import scale
 
         dial = scale.describe(namespace, scale.apply(namespace, lambda key: key in defaults or given(key)))

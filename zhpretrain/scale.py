@@ -105,9 +105,14 @@ def apply(namespace, explicit) -> list[str]:
         elif key not in budget:  # a time budget has its own schedule (train/budget.py)
             setattr(namespace, key, value)
             derived.append(key)
-    namespace.config_overrides = config_overrides(namespace.depth, namespace.config_overrides)
-    if not explicit("model_config"):
+    if not explicit("model_config"):  # a model_config given keeps its own shape (and architecture); the rest is derived
+        namespace.config_overrides = config_overrides(namespace.depth, namespace.config_overrides)
         namespace.model_config = BASE_CONFIG
+    else:
+        namespace.dial_own_shape = True
+    block = namespace.block_size
+    if "global_batch_tokens" in derived and namespace.global_batch_tokens % block:  # whole sequences of a given block_size
+        namespace.global_batch_tokens = max(1, round(namespace.global_batch_tokens / block)) * block
     return derived
 
 
@@ -128,6 +133,9 @@ def describe(namespace, derived_keys: list[str]) -> str:
     """One line: the shape and the values this run uses (derived or given), and which of them the dial set."""
     d = derive(namespace.depth)
     s, v = d["shape"], vars(namespace)
+    if getattr(namespace, "dial_own_shape", False):
+        return (f"dial: depth {namespace.depth} -> the shape of {namespace.model_config} (given), block {v['block_size']}, "
+                f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {v['max_steps']:,} steps")
     steps = f"{v['max_steps']:,} steps" + (f" (the horizon: {d['tokens'] / 1e6:.1f}M tokens, {TOKENS_PER_PARAM} per parameter)"
                                           if "max_steps" in derived_keys else "")
     given = getattr(namespace, "dial_given", [])

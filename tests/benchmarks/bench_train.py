@@ -242,17 +242,25 @@ class PlainLoop:
     def __init__(self, shape: Shape, total: int, timed: range, phases: Phases | None = None):
         from transformers import get_scheduler
 
-        args = self.args = shape.parse(str(shape.workdir / "plain"), total)[4]
+        from zhpretrain.model import attention, optim
+
+        _, data_args, _, run_args, args = shape.parse(str(shape.workdir / "plain"), total)
+        self.args = args
         self.device, self.timed, self.phases = args.device, timed, phases
         self.model = shape.new_model(args.seed).to(self.device)
         self.model.train()
-        self.optimizer = plain_optimizer(self.model, args)
+        # The preset's recipe on both sides: Muon + AdamW where it sets muon_learning_rate (the dial does), and the
+        # collator of its attention kernel (document attention's masks and positions).
+        self.optimizer = (optim.create_optimizer(self.model, args, run_args.muon_learning_rate) if run_args.muon_learning_rate
+                          else plain_optimizer(self.model, args))
+        collate = attention.collator(shape.tok.eos_token_id, data_args.document_attention,
+                                     self.model.config._attn_implementation)
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_warmup_steps=args.get_warmup_steps(total),
                                        num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         dataset = shape.datasets["train"]
         seed = args.data_seed if args.data_seed is not None else args.seed
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_train_batch_size,
-                                                  sampler=EpochSampler(len(dataset), seed))
+                                                  sampler=EpochSampler(len(dataset), seed), collate_fn=collate)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
         # Compiled as the Trainer compiles it with --torch_compile (accelerate: torch.compile of the model).
         self.forward = torch.compile(self.model, backend=args.torch_compile_backend or "inductor",
@@ -286,11 +294,11 @@ class PlainLoop:
         chunk = next(self.chunks)
         self.step_tokens.append(sum(b["input_ids"].numel() for b in chunk))
         for batch in chunk:
-            input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-            labels = batch["labels"].to(self.device, non_blocking=True)
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            input_ids = batch["input_ids"]
             self.batches.append(input_ids)
             with self.autocast():
-                loss = self.forward(input_ids=input_ids, labels=labels).loss
+                loss = self.forward(**batch).loss
             self.losses.append(loss.detach())
             self.backward(loss if len(chunk) == 1 else loss / len(chunk))
         if self.args.max_grad_norm > 0:
