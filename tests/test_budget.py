@@ -27,9 +27,7 @@ from zhpretrain.errors import UserError
 PEAK, WARMUP = 2e-3, 10
 TINY = ["--block_size", 64, "--per_device_train_batch_size", 8, "--eval_on_start", "false", "--swanlab_mode", "disabled",
         "--dataloader_num_workers", 0, "--max_eval_samples", 16, "--max_new_tokens", 4, "--disable_tqdm", "true",
-        "--learning_rate", PEAK, "--warmup_steps", WARMUP, "--max_steps", 100000, "--logging_steps", 1,
-        # the budget's mechanics, not the recipe: the dial off (no Muon, whose steps are slower on a CPU), the demo's shape
-        "--depth", 0, "--model_config", "configs/models/qwen2-demo.json"]
+        "--learning_rate", PEAK, "--warmup_steps", WARMUP, "--max_steps", 100000, "--logging_steps", 1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TIME_LINE = re.compile(r"^time: training (\d+:\d\d) of a (\d+:\d\d) budget, evaluation (\d+:\d\d), saving (\d+:\d\d); "
                        r"before training \(start-up, data, tokenizer, model\) \d+:\d\d", re.M)

@@ -18,7 +18,7 @@ def test_preset_then_command_line_overrides(tmp_path, monkeypatch):
     assert training.learning_rate == 3e-4 and training.output_dir == str(tmp_path / "x")
     assert str(training.lr_scheduler_type) in ("linear", "SchedulerType.LINEAR") and data.block_size == 64
     assert run.sample_prompts == ["甲", "乙"]
-    assert training.max_steps == 150 and training.weight_decay == 0.1  # from the preset (weight decay: the dial)
+    assert training.max_steps == 300 and training.weight_decay == 0.1  # from the preset
     assert data.train_file == str(config.REPO / "data" / "demo-zhwiki.jsonl")  # repo-relative, found from any folder
 
 
@@ -27,8 +27,7 @@ def test_no_preset_falls_back_to_the_demo_with_a_one_line_message(capsys, monkey
     preset, *_ = config.parse_args(["--max_steps", "5"])
     assert preset == config.DEMO_PRESET
     out = capsys.readouterr().out.strip().splitlines()
-    assert "fjcanyue/wikipedia-zh-cn" in out[0] and "ModelScope" in out[0]
-    assert len(out) == 2 and out[1].startswith("dial: depth 4")  # the demo preset is a point on the dial
+    assert len(out) == 1 and "fjcanyue/wikipedia-zh-cn" in out[0] and "ModelScope" in out[0]
 
 
 def test_full_corpus_present_selects_the_tutorial_preset(monkeypatch, tmp_path):

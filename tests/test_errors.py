@@ -84,13 +84,12 @@ def test_empty_file_and_only_empty_texts(tmp_path):
 
 def test_eval_split_too_small_says_how_many_tokens(tmp_path):
     f = lines(tmp_path / "short.jsonl", GOOD)
-    msg = fail(tmp_path, "--train_file", f, "--validation_split_documents", 1, "--block_size", 1000,
-               "--global_batch_tokens", 2000)  # the demo preset's step is 2,048 tokens: whole blocks of 1,000 here
+    msg = fail(tmp_path, "--train_file", f, "--validation_split_documents", 1, "--block_size", 1000)
     assert "The evaluation split has" in msg and "tokens in 1 documents, fewer than one block of 1000" in msg
 
 
 def test_block_size_and_vocabulary_limits(tmp_path):
-    msg = fail(tmp_path, "--block_size", 4096, "--global_batch_tokens", 4096)
+    msg = fail(tmp_path, "--block_size", 4096)
     assert "block_size 4096 is larger than the model's position limit 1024" in msg
     msg = fail(tmp_path, "--config_overrides", "vocab_size=64")
     assert "tokenizer has 300 tokens but the model's vocab_size is 64" in msg

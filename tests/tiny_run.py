@@ -3,7 +3,7 @@ from pathlib import Path
 
 from conftest import run_pretrain
 
-TOKENS_PER_STEP = 16 * 32  # the demo preset's 16 sequences per step, of the block size below (global_batch_tokens)
+TOKENS_PER_STEP = 16 * 32  # the demo preset's 16 sequences per step, times the block size below
 
 
 def tiny_run(tmp_path_factory) -> Path:
@@ -13,7 +13,7 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "tiny-run"
     if not (root / "out" / "final" / "model.safetensors").is_file():
         root.mkdir(exist_ok=True)
-        proc = run_pretrain("--max_steps", 6, "--block_size", 32, "--global_batch_tokens", TOKENS_PER_STEP, "--logging_steps", 2, "--eval_steps", 3, "--save_steps", 3,
+        proc = run_pretrain("--max_steps", 6, "--block_size", 32, "--logging_steps", 2, "--eval_steps", 3, "--save_steps", 3,
                             "--max_new_tokens", 4, "--output_dir", root / "out", "--cache_dir", root / "cache",
                             "--swanlab_mode", "local", "--swanlab_log_dir", root / "swanlog", cwd=root)
         assert proc.returncode == 0, proc.stdout[-3000:]
