@@ -60,7 +60,7 @@ def history(ck):
 
 
 def test_small_preset_trains_the_same_steps_on_one_and_two_processes(tmp_path):
-    # small.yaml's schedule (warmup, cosine, peak learning rate) and its global_batch_tokens; a tiny width, block and
+    # small.yaml's schedule (the dial's warmup-stable-decay and peak learning rate) and Muon, a given global_batch_tokens; a tiny width, block and
     # batch so a step takes a second: 512 tokens = 16 sequences of 32, at most 4 per device.
     small = [REPO / "configs" / "small.yaml", "--train_file", DEMO, *TINY, "--global_batch_tokens", 512,
              "--per_device_train_batch_size", 4, "--max_steps", 3, "--save_steps", 3, "--bf16", "false",
@@ -75,7 +75,9 @@ def test_small_preset_trains_the_same_steps_on_one_and_two_processes(tmp_path):
         runs[n] = history(tmp_path / f"n{n}" / "checkpoint-3")
     for key in ("learning_rate", "tokens_seen", "step"):
         assert [h[key] for h in runs[1]] == [h[key] for h in runs[2]], key
-    assert [h["learning_rate"] for h in runs[1]] == pytest.approx([1e-3 * k / 500 for k in (0, 1, 2)])  # warmup 500: step k+1 uses k/500
+    # small.yaml is depth 12 on the dial: peak 0.5 x 0.3118 x C^-0.125 = 1.2e-3; over 3 steps the decay is round(0.2 x 3)
+    # = 1 step and the warmup min(20, 3 - 1) = 2 steps, so steps 1, 2, 3 use 0/2, 1/2 and (decay start) 1 of the peak.
+    assert [h["learning_rate"] for h in runs[1]] == pytest.approx([0.0, 0.6e-3, 1.2e-3])
 
 
 def test_a_rank_that_lists_no_checkpoint_still_resumes_where_rank_0_decided(tmp_path):
