@@ -88,6 +88,12 @@ def test_depth_zero_init_from_and_a_model_config_turn_the_shape_off(tmp_path, ca
     assert "the shape of" in capsys.readouterr().out
 
 
+def test_a_bad_value_beside_the_dial_is_one_paragraph_not_a_traceback():
+    # the dial divides by the given block_size: out-of-range values are refused before it runs
+    with pytest.raises(config.UserError, match="--block_size must be at least 2"):
+        config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO), "--block_size", "0"])
+
+
 def test_sharded_training_gets_adamw_instead_of_a_refusal(monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
     preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO)])

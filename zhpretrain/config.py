@@ -334,15 +334,16 @@ def parse_args(argv: list[str] | None = None):
         return any(a.split("=")[0] == f"--{key}" for a in argv)
     def named(key):  # where the value came from: the command line or the preset
         return f"--{key}" + ("" if given(key) else f" (from {preset})")
-    dial = None
-    # --init_from continues a model as it is (its shape, tokenizer and recipe are the user's): the dial stays off.
-    if namespace.depth and not namespace.init_from and not out_of_range(namespace, {"depth": OPTION_RANGES["depth"]}, named):
-        from . import scale
-
-        dial = scale.describe(namespace, scale.apply(namespace, lambda key: key in defaults or given(key)))
     if problems := out_of_range(namespace, OPTION_RANGES, named):
         raise UserError(f"{'; '.join(problems)}. Fix {'it' if len(problems) == 1 else 'them'} on the command line or in "
                         "the preset; nothing was read or trained yet.")
+    dial = None
+    # --init_from continues a model as it is (its shape, tokenizer and recipe are the user's): the dial stays off. The
+    # dial runs after the range check, on values the user gave; what it derives is in range by its rules.
+    if namespace.depth and not namespace.init_from:
+        from . import scale
+
+        dial = scale.apply(namespace, lambda key: key in defaults or given(key))
     check_versions(namespace)
     if note:
         print(note, flush=True)

@@ -78,42 +78,39 @@ def derive(depth: int, max_steps: int | None = None, batch: int | None = None) -
     return {"options": options, "shape": s, "body_params": body, "params": body + vocab * h, "tokens": tokens, "flops": flops}
 
 
-def apply(namespace, explicit) -> list[str]:
+def apply(namespace, explicit) -> str:
     """Set every derived option the user did not give (explicit(key) says whether the preset or the command line did);
-    the shape goes into config_overrides ahead of the user's own. Returns the names of the options it set."""
-    epochs = explicit("num_train_epochs") and not explicit("max_steps")  # a given number of epochs is the horizon
-    d = derive(namespace.depth, namespace.max_steps if explicit("max_steps") else None,
-               namespace.global_batch_tokens if explicit("global_batch_tokens") else None)
-    derived = []
-    if explicit("learning_rate"):  # one rate for both optimizers: Muon follows a given learning_rate
-        d["options"]["muon_learning_rate"] = namespace.learning_rate
-    if epochs:
-        d["options"].pop("max_steps")
-    budget = ("lr_scheduler_type", "lr_scheduler_kwargs") if namespace.max_train_minutes else ("budget_decay_ratio",)
+    the shape goes into config_overrides ahead of the user's own. Returns the console's dial: line."""
     import torch
 
     from .run.launch import sharded
 
+    d = derive(namespace.depth, namespace.max_steps if explicit("max_steps") else None,
+               namespace.global_batch_tokens if explicit("global_batch_tokens") else None)
+    options = d["options"]
+    if explicit("learning_rate"):  # one rate for both optimizers: Muon follows a given learning_rate
+        options["muon_learning_rate"] = namespace.learning_rate
+    if explicit("num_train_epochs") and not explicit("max_steps"):  # a given number of epochs is the horizon
+        options.pop("max_steps")
+    # a time budget has its own schedule (train/budget.py), and a step-count schedule has no budget decay
+    skip = {"lr_scheduler_type", "lr_scheduler_kwargs"} if namespace.max_train_minutes else {"budget_decay_ratio"}
     # AdamW for everything rather than a refusal where Muon cannot run: torch < 2.9 has no torch.optim.Muon
     # (config.check_versions), and FSDP / DeepSpeed shard the matrices Muon orthogonalises whole (model/optim.py).
-    if not hasattr(torch.optim, "Muon") or sharded(namespace):
-        budget += ("muon_learning_rate",)
-        namespace.dial_no_muon = True
-    for key, value in d["options"].items():
-        if explicit(key):
-            namespace.dial_given = [*getattr(namespace, "dial_given", []), key]
-        elif key not in budget:  # a time budget has its own schedule (train/budget.py)
-            setattr(namespace, key, value)
-            derived.append(key)
-    if not explicit("model_config"):  # a model_config given keeps its own shape (and architecture); the rest is derived
+    no_muon = not hasattr(torch.optim, "Muon") or sharded(namespace)
+    if no_muon:
+        skip.add("muon_learning_rate")
+    given = [key for key in options if explicit(key)]
+    derived = [key for key in options if key not in given and key not in skip]
+    for key in derived:
+        setattr(namespace, key, options[key])
+    own_shape = explicit("model_config")  # a model_config given keeps its own shape (and architecture); the rest is derived
+    if not own_shape:
         namespace.config_overrides = config_overrides(namespace.depth, namespace.config_overrides)
         namespace.model_config = BASE_CONFIG
-    else:
-        namespace.dial_own_shape = True
     block = namespace.block_size
     if "global_batch_tokens" in derived and namespace.global_batch_tokens % block:  # whole sequences of a given block_size
         namespace.global_batch_tokens = max(1, round(namespace.global_batch_tokens / block)) * block
-    return derived
+    return describe(namespace, d, derived, given, no_muon, own_shape)
 
 
 BASE_CONFIG = "configs/models/qwen2-depth.json"  # the Qwen2 config the dial's shape is written into
@@ -129,20 +126,18 @@ def config_overrides(depth: int, user: str | None) -> str:
     return f"{derived},{user}" if user else derived
 
 
-def describe(namespace, derived_keys: list[str]) -> str:
+def describe(namespace, d: dict, derived: list[str], given: list[str], no_muon: bool, own_shape: bool) -> str:
     """One line: the shape and the values this run uses (derived or given), and which of them the dial set."""
-    d = derive(namespace.depth)
     s, v = d["shape"], vars(namespace)
-    if getattr(namespace, "dial_own_shape", False):
+    if own_shape:
         return (f"dial: depth {namespace.depth} -> the shape of {namespace.model_config} (given), block {v['block_size']}, "
                 f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {v['max_steps']:,} steps")
     steps = f"{v['max_steps']:,} steps" + (f" (the horizon: {d['tokens'] / 1e6:.1f}M tokens, {TOKENS_PER_PARAM} per parameter)"
-                                          if "max_steps" in derived_keys else "")
-    given = getattr(namespace, "dial_given", [])
+                                          if "max_steps" in derived else "")
     return (f"dial: depth {namespace.depth} -> hidden {s['hidden_size']}, {s['num_attention_heads']} heads, "
             f"~{(d['body_params'] + v['tokenizer_vocab_size'] * s['hidden_size']) / 1e6:.2f}M parameters, vocabulary {v['tokenizer_vocab_size']}, block {v['block_size']}, "
             f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {steps}"
-            + ("; AdamW for every parameter (no Muon: sharded training or torch < 2.9)" if getattr(namespace, "dial_no_muon", False) else "")
+            + ("; AdamW for every parameter (no Muon: sharded training or torch < 2.9)" if no_muon else "")
             + (f"; given instead of derived: {', '.join(given)}" if given else ""))
 
 
