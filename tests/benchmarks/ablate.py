@@ -67,17 +67,23 @@ def resolve(args: list[str], values: dict) -> list[str]:
     return [value(a) for a in args]
 
 
+def launch(cmd: list[str], log: Path):
+    """Run one pretrain.py command line from the repo, its output kept in log. Returns (the process, wall seconds, the
+    match of its final line: eval_loss, bits per byte; None when it never got there)."""
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    log.write_text(proc.stdout)
+    return proc, wall, re.search(r"final: eval_loss ([\d.]+), perplexity [\d.]+, bits per byte ([\d.]+)", proc.stdout)
+
+
 def run(name: str, opts, preset: Path) -> dict:
     out_dir = Path(opts.runs) / name
     cmd = [sys.executable, "pretrain.py", str(preset), "--train_file", opts.train_file, "--validation_file", opts.validation_file,
            "--max_train_minutes", str(opts.minutes), "--output_dir", str(out_dir), "--swanlab_mode", "disabled",
            "--disable_tqdm", "true", *opts.extra.split(), *resolve(VARIANTS[name], preset_values(preset))]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - start
-    (Path(opts.runs) / f"{name}.log").write_text(proc.stdout)
-    final = re.search(r"final: eval_loss ([\d.]+), perplexity [\d.]+, bits per byte ([\d.]+)", proc.stdout)
+    proc, wall, final = launch(cmd, Path(opts.runs) / f"{name}.log")
     timing = re.search(r"^time: .*$", proc.stdout, re.M)
     steps = re.findall(r"^step (\d+)(?:/\d+)? \|", proc.stdout, re.M)
     tokens = re.search(r"= ([\d,]+) tokens per step", proc.stdout)

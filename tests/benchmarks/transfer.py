@@ -13,10 +13,7 @@ change the result, only the wall time).
 """
 import argparse
 import json
-import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -24,7 +21,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ablate import launch  # noqa: E402
 from bench_preprocess import environment  # noqa: E402
+from zhpretrain import scale  # noqa: E402
 
 # One win of the preset taken out at a time; "full" is configs/cpu-speedrun.yaml's recipe.
 VARIANTS = {
@@ -36,18 +35,14 @@ VARIANTS = {
 
 
 def shape(depth: int) -> dict:
-    h = 32 * depth
-    return {"hidden_size": h, "intermediate_size": 3 * h, "num_hidden_layers": depth,
-            "num_attention_heads": depth, "num_key_value_heads": depth}
+    """The dial's shape at this depth (scale.shape), as --config_overrides keys (head_dim follows hidden / heads)."""
+    return {k: v for k, v in scale.shape(depth).items() if k != "head_dim"}
 
 
 def params(depth: int, vocab: int = 4096) -> tuple[int, int]:
-    """(non-embedding, total) parameters of the shape: per layer q,k,v,o (+ q,k,v biases), SwiGLU, two RMSNorms."""
-    s = shape(depth)
-    h, i = s["hidden_size"], s["intermediate_size"]
-    layer = 4 * h * h + 3 * h + 3 * h * i + 2 * h
-    body = depth * layer + h
-    return body, body + vocab * h  # tied embeddings
+    """(non-embedding, total) parameters of the shape, the embedding tied."""
+    body = scale.body_params(scale.shape(depth))
+    return body, body + vocab * scale.shape(depth)["hidden_size"]
 
 
 def run(depth: int, variant: str, opts) -> dict:
@@ -69,7 +64,7 @@ def run(depth: int, variant: str, opts) -> dict:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     preset = Path(opts.runs) / f"{name}.yaml"
     preset.write_text(yaml.safe_dump(base, allow_unicode=True), encoding="utf-8")
-    _, total = params(depth)
+    body, total = params(depth)
     tokens_per_step = base["per_device_train_batch_size"] * base["block_size"]
     steps = round(opts.tokens_per_param * total / tokens_per_step)
     overrides = ",".join(f"{k}={v}" for k, v in shape(depth).items())
@@ -77,13 +72,7 @@ def run(depth: int, variant: str, opts) -> dict:
            "--output_dir", str(out_dir), "--max_steps", str(steps), "--save_strategy", "no", "--swanlab_mode", "disabled",
            "--disable_tqdm", "true", "--config_overrides", overrides, "--max_eval_samples", str(opts.max_eval_samples),
            "--allow_existing_output_dir", "true", *opts.extra.split()]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - start
-    (Path(opts.runs) / f"{name}.log").write_text(proc.stdout)
-    final = re.search(r"final: eval_loss ([\d.]+), perplexity [\d.]+, bits per byte ([\d.]+)", proc.stdout)
-    body, total = params(depth)
+    proc, wall, final = launch(cmd, Path(opts.runs) / f"{name}.log")
     result = {"name": name, "depth": depth, "variant": variant, "non_embedding_params": body, "params": total,
               "steps": steps, "tokens": steps * tokens_per_step, "command": "python " + " ".join(cmd[1:]),
               "returncode": proc.returncode, "wall_seconds": round(wall, 1),
