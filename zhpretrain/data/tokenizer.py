@@ -1,6 +1,7 @@
 """Load a tokenizer (a local folder, a hub id, or Qwen2's rebuilt offline), or train a byte-level BPE on the training split and cache it."""
 import multiprocessing
 import signal
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .. import hub
-from . import cache
+from . import cache, rare_pairs
 from .readers import ReadStats
 from .split import documents
 from ..errors import UserError
@@ -19,11 +20,6 @@ QWEN2 = "qwen2"  # the special --tokenizer_name_or_path for the original tutoria
 QWEN2_SPECIAL = [EOS, "<|im_start|>", "<|im_end|>"]  # ids 151643, 151644, 151645 as in Qwen2's own tokenizer.json
 # Qwen2's pre-tokenizer split: digits one at a time, letters (CJK included) in runs, punctuation apart.
 SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-# Han words of at most HAN_PIECE characters, the bounded-memory alternative that the benchmark measures
-# (tests/benchmarks/bench_tokenizer.py, docs/tokenizer.md): it keeps the trainer's tables nearly flat in the text size
-# but lost 3.5-12% characters per token at every vocabulary size, more than 6x the text gains; so the pipeline trains
-# on whole runs.
-HAN_PIECE = 2
 
 
 def resolve(name: str, cache_root: Path | None = None) -> Path:
@@ -140,28 +136,34 @@ def _convert_qwen2(ranks: Path):
                                    model_max_length=1 << 30)  # documents are encoded whole, then cut into blocks: no length warning
 
 
-def pre_tokenizer(han_piece: int | None):
-    """Qwen2's split, then (han_piece) Han runs cut into words of at most han_piece characters, then bytes."""
-    han = [pre_tokenizers.Split(Regex(rf"\p{{Han}}{{1,{han_piece}}}"), behavior="isolated")] if han_piece else []
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"), *han,
+def pre_tokenizer():
+    """Qwen2's split, then bytes."""
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
-def train(texts: Iterator[str], vocab_size: int, max_chars: int, han_piece: int | None = None):
+def train(texts: Iterator[str], vocab_size: int, max_chars: int, cut: bool = True):
     """Train a byte-level BPE (NFC-normalised, Qwen2-style split) on texts, stopping after max_chars characters.
 
     The trainer's peak memory grows with the distinct words it counts, ~230 bytes per character of them: with
-    Qwen2's split a CJK clause is one word and nearly all are distinct, so ~0.23 GB per million characters of text.
-    han_piece (the benchmark's alternative) counts Han runs in words of at most that many characters instead; the
-    saved tokenizer always encodes with Qwen2's split alone (encoding with the cut kept measured worse still)."""
+    Qwen2's split a CJK clause is one word and nearly all are distinct. So (cut) the text is read twice: once to
+    count its Han character pairs, then given to the trainer cut between the pairs too rare for any merge to join
+    (rare_pairs.py says why that learns the same merges); cut=False trains on whole runs (the benchmark's control).
+    Encoding is never cut."""
+    pieces = [unicodedata.normalize("NFC", p) for p in _training_pieces(texts, max_chars)]  # as the trainer sees them
+    if cut:
+        counts = rare_pairs.PairCounts(sum(map(len, pieces)))
+        for piece in pieces:
+            counts.add(piece)
+        below = rare_pairs.threshold(sum(map(len, pieces)), vocab_size)
+        pieces = (counts.cut(piece, below) for piece in pieces)
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizer(han_piece)
+    tok.pre_tokenizer = pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_training_pieces(texts, max_chars), trainer=trainer)
-    tok.pre_tokenizer = pre_tokenizer(None)
+    tok.train_from_iterator(pieces, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=1 << 30)
 
 
