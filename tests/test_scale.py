@@ -98,6 +98,15 @@ def test_sharded_training_gets_adamw_instead_of_a_refusal(monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
     preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO)])
     assert run.muon_learning_rate is None and "no Muon: sharded training" in capsys.readouterr().out
+    assert training.adam_beta2 == 0.95  # AdamW for everything: 0.95 (the depth-4 AdamW ablation)
+
+
+def test_beside_muon_adamw_keeps_the_trainers_beta2():
+    # what AdamW trains beside Muon (embeddings, norms, biases) did better with 0.999 at depth 2 and 3 (docs/recipe.md)
+    preset, data, model, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO)])
+    assert run.muon_learning_rate and training.adam_beta2 == 0.999
+    *_, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO), "--adam_beta2", "0.9"])
+    assert training.adam_beta2 == 0.9  # given wins
 
 
 @pytest.mark.slow  # a real run: ~20 s on two cores

@@ -21,6 +21,7 @@ LR_CALIBRATION = 0.5  # DeepSeek's learning-rate law halved: at the CPU speedrun
 WARMUP_SHARE, MIN_WARMUP = 0.02, 20  # warmup: 2% of the steps (the speedrun's 50 of 2,251), at least 20
 DECAY_SHARE = 0.2  # warmup-stable-decay: (1-sqrt) over the last 20% matches a tuned cosine (Hägele et al. 2024)
 VOCAB_RANGE = (2048, 32768)  # the byte-level BPE's table (docs/tokenizer.md) spans 4k-32k; 2048 for tiny corpora
+ADAMW_ONLY_BETA2 = 0.95  # AdamW for every parameter: beta2 0.95 (0.999 lost 0.089 bits/byte in the depth-4 ablation)
 
 
 def _pow2(x: float) -> int:
@@ -73,7 +74,11 @@ def derive(depth: int, max_steps: int | None = None, batch: int | None = None) -
         "lr_scheduler_type": "warmup_stable_decay",
         "lr_scheduler_kwargs": {"num_decay_steps": round(DECAY_SHARE * steps), "decay_type": "1-sqrt", "min_lr_ratio": 0.0},
         "budget_decay_ratio": DECAY_SHARE,
-        "document_attention": True, "adam_beta2": 0.95, "weight_decay": 0.1,  # the CPU ablations' winners (docs/recipe.md)
+        "document_attention": True, "weight_decay": 0.1,  # the CPU ablations' winners (docs/recipe.md)
+        # AdamW's beta2 for what AdamW trains beside Muon (embeddings, norms, biases): the Trainer's 0.999, which beat 0.95
+        # by 0.024 / 0.030 bits/byte at depth 2 / 3 (tests/benchmarks/transfer.py, 2026-12-02); AdamW for everything
+        # wants 0.95 (the 2-minute ablation at depth 4: 0.999 lost 0.089), so apply() sets that where Muon cannot run.
+        "adam_beta2": 0.999,
     }
     return {"options": options, "shape": s, "body_params": body, "params": body + vocab * h, "tokens": tokens, "flops": flops}
 
@@ -99,6 +104,7 @@ def apply(namespace, explicit) -> str:
     no_muon = not hasattr(torch.optim, "Muon") or sharded(namespace)
     if no_muon:
         skip.add("muon_learning_rate")
+        options["adam_beta2"] = ADAMW_ONLY_BETA2
     given = [key for key in options if explicit(key)]
     derived = [key for key in options if key not in given and key not in skip]
     for key in derived:

@@ -31,6 +31,8 @@ VARIANTS = {
     "adamw": {"muon_learning_rate": None},            # AdamW for the hidden matrices too (no Muon)
     "no_doc_attn": {"document_attention": False},     # attention crosses the EOS between packed documents
     "beta2_0999": {"adam_beta2": 0.999},              # the Trainer's default β2
+    "muon_lr_x2": {"muon_learning_rate": 6e-3},       # Muon's peak at twice AdamW's 3e-3 (its updates' RMS is 0.2 x lr)
+    "muon_lr_x4": {"muon_learning_rate": 1.2e-2},     # and at four times
 }
 
 
