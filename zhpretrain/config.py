@@ -52,7 +52,7 @@ class ModelArguments:
     init_from: str | None = field(default=None, metadata={"help": "Continue pretraining a causal LM: a folder (e.g. a run's final/), ORG/NAME (Hugging Face) or modelscope:ORG/NAME; its weights, shape and tokenizer replace model_config and the BPE."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "A tokenizer folder, ORG/NAME (Hugging Face), modelscope:ORG/NAME, or qwen2 (Qwen2's tokenizer, offline); default: train a byte-level BPE."})
     tokenizer_vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the BPE trained when no tokenizer is given."})
-    tokenizer_train_max_chars: int = field(default=10_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (peak memory grows ~0.2 GB per million: 2.5 GB at 10 M; see docs/tokenizer.md)."})
+    tokenizer_train_max_chars: int = field(default=10_000_000, metadata={"help": "Characters of training text the BPE is trained on, at most (32k tokens, spread: peak 1.4 GB at 10 M, 2.0 GB at 19 M; Han runs are cut at pairs too rare to merge, so it grows ~0.07 GB per million; see docs/tokenizer.md)."})
     tokenizer_train_sample: Literal["head", "spread"] = field(default="spread", metadata={"help": "Which training documents the BPE learns from: head = the first ones, up to tokenizer_train_max_chars; spread = documents at an even stride over the whole training split (one streaming pass)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow configs/tokenizers that run code from their folder."})
 

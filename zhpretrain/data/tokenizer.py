@@ -185,7 +185,7 @@ def _train_child(data_args, model_args, folder: Path, result) -> None:
         result.send(str(e))
     except MemoryError:
         result.send("Training the tokenizer ran out of memory. Lower --tokenizer_train_max_chars (peak memory grows "
-                    "~0.23 GB per million characters), or pass a ready tokenizer with --tokenizer_name_or_path.")
+                    "~0.07 GB per million characters of Chinese text), or pass a ready tokenizer with --tokenizer_name_or_path.")
     except Exception as e:  # noqa: BLE001 -- told in the parent's one paragraph, not as the child's traceback
         result.send(f"Training the tokenizer failed ({type(e).__name__}: {e}). Pass a ready tokenizer with "
                     "--tokenizer_name_or_path to go on, and report this with the command you ran.")
