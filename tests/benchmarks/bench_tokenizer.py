@@ -11,9 +11,7 @@ Each point trains in its own process; its peak RSS is that process's ru_maxrss (
 corpus included, as in the pipeline's tokenizer child. Characters per token: all characters of the held-out
 documents over all their tokens (no special tokens), NFC as the tokenizer sees them. Each point also saves its
 merges, and a "cut" point reports the share of them that the "whole" point of the same vocabulary and text learned
-(when it ran first). --qwen2 adds Qwen2's 151k tokenizer as the reference. --distinct counts, for each --recipe, the
-distinct words (and their characters) that the trainer holds for each --chars characters of the spread sample (no
-training: what the trainer's memory grows with).
+(when it ran first). --qwen2 adds Qwen2's 151k tokenizer as the reference.
 """
 import argparse
 import json
@@ -72,24 +70,6 @@ def one(args) -> dict:
             "chars_per_token": round(chars_per_token(backend, texts), 4), "merges": merges}
 
 
-def distinct(args) -> None:
-    from tokenizers import Regex, pre_tokenizers
-
-    split = pre_tokenizers.Split(Regex(tokenizer.SPLIT), behavior="isolated")
-    for max_chars in args.chars:
-        pieces = [unicodedata.normalize("NFC", p) for p in
-                  tokenizer._training_pieces(_sample(args, max_chars or ALL), max_chars or ALL)]
-        chars = sum(map(len, pieces))
-        counts = rare_pairs.PairCounts(chars)
-        for piece in pieces:
-            counts.add(piece)
-        below = args.cut_below or rare_pairs.threshold(chars, args.vocab[0])
-        for recipe in args.recipe:
-            words = {w for p in pieces for w, _ in split.pre_tokenize_str(counts.cut(p, below) if recipe == "cut" else p)}
-            print(json.dumps({"recipe": recipe, "chars": chars, "cut_below": below if recipe == "cut" else None,
-                              "distinct_words": len(words), "distinct_chars": sum(map(len, words))}), flush=True)
-
-
 def point(args, vocab: int, chars: int, recipe: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, args.train, args.val, "--one", out.name, "--vocab", str(vocab),
@@ -112,7 +92,6 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="+", default=["whole", "cut"], choices=["cut", "whole"])
     parser.add_argument("--cut_below", type=int, default=0, help="cut below this pair count (0: rare_pairs.threshold)")
     parser.add_argument("--qwen2", action="store_true")
-    parser.add_argument("--distinct", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -120,8 +99,6 @@ def main() -> None:
         args.vocab, args.chars, args.recipe = args.vocab[0], args.chars[0], args.recipe[0]
         Path(args.one).write_text(json.dumps(one(args)))
         return
-    if args.distinct:
-        return distinct(args)
     report = {"environment": environment(), "command": " ".join(sys.argv), "points": []}
     if args.qwen2:
         with tempfile.TemporaryDirectory() as root:

@@ -152,10 +152,11 @@ def train(texts: Iterator[str], vocab_size: int, max_chars: int, cut: bool = Tru
     Encoding is never cut."""
     pieces = [unicodedata.normalize("NFC", p) for p in _training_pieces(texts, max_chars)]  # as the trainer sees them
     if cut:
-        counts = rare_pairs.PairCounts(sum(map(len, pieces)))
+        chars = sum(map(len, pieces))
+        counts = rare_pairs.PairCounts(chars)
         for piece in pieces:
             counts.add(piece)
-        below = rare_pairs.threshold(sum(map(len, pieces)), vocab_size)
+        below = rare_pairs.threshold(chars, vocab_size)
         pieces = (counts.cut(piece, below) for piece in pieces)
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
