@@ -137,3 +137,10 @@ def test_missing_shared_data_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         conftest.shared("zhwiki-sample.jsonl")
+
+
+def test_a_lone_surrogate_is_skipped_and_counted_with_skip_bad_records(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_bytes(b'{"text": "ok"}\n{"text": "a\\udfffb"}\n{"text": "\\ud83d\\ude00 a pair is one character"}\n')
+    got, stats = texts([str(f)], skip=True)
+    assert got == ["ok", "\U0001F600 a pair is one character"] and stats.skipped == 1 and stats.records == 2

@@ -153,3 +153,16 @@ def test_an_unbuildable_model_shape_and_an_unwritable_cache_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cache_dir '.*file/sub' cannot be written"):
         pretrain.main(["--cache_dir", str(tmp_path / "file" / "sub"), "--output_dir", str(tmp_path / "out"), "--swanlab_mode", "disabled"])
+
+
+def test_a_lone_surrogate_escape_is_a_bad_record_named_by_line(tmp_path):
+    # JSON may spell a half of a UTF-16 pair alone ("\ud800"); Python's json accepts it, but it is no character, and
+    # the tokenizer used to crash on it ("surrogates not allowed") without naming the file or the record.
+    bad = b'{"id": "x", "title": "t", "text": "\\u9655\\u897f\\ud800\\u7701"}\n'
+    f = lines(tmp_path / "bad.jsonl", GOOD[:5] + [bad] + GOOD[5:])
+    msg = fail(tmp_path, "--train_file", f)
+    assert f"{f}: line 6: 'text' holds a lone surrogate" in msg and "--skip_bad_records" in msg
+    g = tmp_path / "bad.json"
+    g.write_bytes(b"[\n" + b",\n".join([json.dumps(r, ensure_ascii=False).encode() for r in GOOD[:2]] + [bad.strip()])
+                  + b"\n]\n")
+    assert f"{g}: line 4: 'text' holds a lone surrogate" in fail(tmp_path, "--train_file", g)
