@@ -78,7 +78,8 @@ def test_demo_swanlab_log_holds_train_and_eval_curves_samples_and_config(demo_ru
     assert samples["final_sample"][0][1][0].startswith("陕西省是")
     config = swanlab_log.config(run)
     assert config["data_stats"]["train"]["blocks"] > 0 and config["non_embedding_parameters"] > 0
-    assert config["model"]["model_config"].endswith("qwen2-demo.json") and config["training"]["max_steps"] == 40
+    assert config["model"]["model_config"].endswith("qwen2-depth.json") and config["training"]["max_steps"] == 40
+    assert "num_hidden_layers=4,hidden_size=128" in config["model"]["config_overrides"]  # the demo: depth 4 on the dial
 
 
 def first_run_log(tmp) -> list[str]:

@@ -109,6 +109,19 @@ def test_beside_muon_adamw_keeps_the_trainers_beta2():
     assert training.adam_beta2 == 0.9  # given wins
 
 
+def test_a_given_accumulation_is_the_batch_given_the_trainers_way(capsys):
+    # small.yaml alone: the dial's 131,072 tokens a step; with --gradient_accumulation_steps the batch is
+    # per device x accumulation x processes (32 x 2 here), as the Trainer counts it, and nothing derives over it
+    *_, run, training = config.parse_args([str(REPO / "configs/small.yaml"), "--train_file", str(DEMO),
+                                           "--gradient_accumulation_steps", "2"])
+    assert run.global_batch_tokens is None and training.gradient_accumulation_steps == 2
+    assert "32 x 2 sequences a step a process" in capsys.readouterr().out
+    # the demo preset gives its accumulation (1): 16 sequences of 128 a step, not the dial's 8,192 tokens
+    *_, run, training = config.parse_args([str(REPO / "configs/demo.yaml")])
+    assert run.global_batch_tokens is None and (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (16, 1)
+    assert run.muon_learning_rate == pytest.approx(2.7e-3) and training.lr_scheduler_type == "warmup_stable_decay"
+
+
 @pytest.mark.slow  # a real run: ~20 s on two cores
 def test_a_run_on_the_dial_logs_the_derived_schedule(tmp_path):
     # depth 2 with max_steps 10 given: decay 20% = 2 steps, warmup max(20, 2%) capped at 10 - 2 = 8 steps, learning

@@ -97,6 +97,8 @@ def apply(namespace, explicit) -> str:
         options["muon_learning_rate"] = namespace.learning_rate
     if explicit("num_train_epochs") and not explicit("max_steps"):  # a given number of epochs is the horizon
         options.pop("max_steps")
+    if explicit("gradient_accumulation_steps") and not explicit("global_batch_tokens"):
+        options.pop("global_batch_tokens")  # the batch given the Trainer's way: per device x accumulation x processes
     # a time budget has its own schedule (train/budget.py), and a step-count schedule has no budget decay
     skip = {"lr_scheduler_type", "lr_scheduler_kwargs"} if namespace.max_train_minutes else {"budget_decay_ratio"}
     # AdamW for everything rather than a refusal where Muon cannot run: torch < 2.9 has no torch.optim.Muon
@@ -135,14 +137,16 @@ def config_overrides(depth: int, user: str | None) -> str:
 def describe(namespace, d: dict, derived: list[str], given: list[str], no_muon: bool, own_shape: bool) -> str:
     """One line: the shape and the values this run uses (derived or given), and which of them the dial set."""
     s, v = d["shape"], vars(namespace)
+    batch = (f"{v['global_batch_tokens']:,} tokens a step" if v["global_batch_tokens"] else
+             f"{v['per_device_train_batch_size']} x {v['gradient_accumulation_steps']} sequences a step a process")
     if own_shape:
         return (f"dial: depth {namespace.depth} -> the shape of {namespace.model_config} (given), block {v['block_size']}, "
-                f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {v['max_steps']:,} steps")
+                f"{batch}, learning rate {v['learning_rate']:g}, {v['max_steps']:,} steps")
     steps = f"{v['max_steps']:,} steps" + (f" (the horizon: {d['tokens'] / 1e6:.1f}M tokens, {TOKENS_PER_PARAM} per parameter)"
                                           if "max_steps" in derived else "")
     return (f"dial: depth {namespace.depth} -> hidden {s['hidden_size']}, {s['num_attention_heads']} heads, "
             f"~{(d['body_params'] + v['tokenizer_vocab_size'] * s['hidden_size']) / 1e6:.2f}M parameters, vocabulary {v['tokenizer_vocab_size']}, block {v['block_size']}, "
-            f"{v['global_batch_tokens']:,} tokens a step, learning rate {v['learning_rate']:g}, {steps}"
+            f"{batch}, learning rate {v['learning_rate']:g}, {steps}"
             + ("; AdamW for every parameter (no Muon: sharded training or torch < 2.9)" if no_muon else "")
             + (f"; given instead of derived: {', '.join(given)}" if given else ""))
 
