@@ -18,7 +18,7 @@ def test_preset_then_command_line_overrides(tmp_path, monkeypatch):
     assert training.learning_rate == 3e-4 and training.output_dir == str(tmp_path / "x")
     assert str(training.lr_scheduler_type) in ("linear", "SchedulerType.LINEAR") and data.block_size == 64
     assert run.sample_prompts == ["甲", "乙"]
-    assert training.max_steps == 300 and training.weight_decay == 0.1  # from the preset
+    assert training.max_steps == 150 and training.weight_decay == 0.1  # from the preset and the dial
     assert data.train_file == str(config.REPO / "data" / "demo-zhwiki.jsonl")  # repo-relative, found from any folder
 
 

@@ -63,6 +63,31 @@ def test_the_optimizers_get_those_parameters_with_the_trainers_weight_decay_rule
     assert opt.param_groups[0]["lr"] == LR and opt.param_groups[-1]["lr"] == MUON_LR  # AdamW's first: the logged lr
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_embedding_table_steps_at_its_own_rate(tmp_path, tied):
+    # Adam's first step moves every weight with a gradient by lr x g / (|g| + eps), about lr in size, whatever the
+    # gradient's scale (plus lr x weight_decay x w, off here): the largest change of each tensor is its learning rate.
+    model = _model(tie_word_embeddings=tied)
+    opt = optim.create_optimizer(model, _args(tmp_path, weight_decay=0.0), MUON_LR, embedding_learning_rate=10 * LR)
+    table, head, norm = model.model.embed_tokens.weight, model.lm_head.weight, model.model.norm.weight
+    before = [t.detach().clone() for t in (table, head, norm)]
+    _step(model, opt, _batch())
+    moved = [(t.detach() - b).abs().max().item() for t, b in zip((table, head, norm), before)]
+    assert moved[0] == pytest.approx(10 * LR, rel=1e-3) and moved[2] == pytest.approx(LR, rel=1e-3)
+    assert moved[1] == pytest.approx(10 * LR if tied else LR, rel=1e-3)  # tied: the output layer is the same matrix
+    assert opt.param_groups[0]["lr"] == LR  # the logged learning_rate stays --learning_rate
+    counted = [p for g in opt.param_groups for p in g["params"]]
+    assert len(counted) == len({id(p) for p in counted}) == len(list(model.parameters()))  # each parameter once
+
+
+def test_an_embedding_rate_without_muon_is_refused_in_one_paragraph():
+    from zhpretrain import config
+
+    with pytest.raises(UserError) as e:
+        config.parse_args([str(REPO / "configs/demo.yaml"), "--depth", "0", "--embedding_learning_rate", "0.01"])
+    assert "--embedding_learning_rate works beside Muon" in str(e.value) and "--muon_learning_rate" in str(e.value)
+
+
 def test_muon_gives_the_hidden_matrices_an_orthogonalised_update(tmp_path):
     flatness = {}
     for muon in (True, False):

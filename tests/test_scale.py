@@ -69,6 +69,7 @@ def test_explicit_options_win_and_the_console_says_which(capsys):
                                                             "--block_size", "512", "--learning_rate", "1e-3"])
     out = capsys.readouterr().out
     assert data.block_size == 512 and training.learning_rate == 1e-3 and run.muon_learning_rate == 1e-3  # one rate for both
+    assert run.embedding_learning_rate is None  # not on the dial: it did not transfer with size (docs/recipe.md)
     assert model.tokenizer_vocab_size == 32768 and run.global_batch_tokens == 131_072 and data.document_attention
     assert "num_hidden_layers=12,hidden_size=384" in model.config_overrides
     assert "dial: depth 12 -> hidden 384" in out and "given instead of derived: block_size, learning_rate" in out

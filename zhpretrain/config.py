@@ -71,6 +71,7 @@ class RunArguments:
     nproc_per_node: str = field(default="auto", metadata={"help": "Processes on this node: auto = one per visible GPU (python pretrain.py re-launches itself under torchrun when there are several), or a number (on a CPU: gloo processes). Ignored under torchrun or accelerate launch."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Peak TFLOPS of one device for the MFU figure; default: the GPU datasheet table in zhpretrain/train/speed.py; on a CPU none (no MFU is logged), since a matmul timed at start-up measures the load of that moment."})
     muon_learning_rate: float | None = field(default=None, metadata={"help": "Train the hidden weight matrices with Muon at this peak learning rate (on AdamW's scale: start from --learning_rate), the rest (embeddings, output layer, norms, biases) with --optim at --learning_rate; same schedule for both. Default: off, --optim for everything."})
+    embedding_learning_rate: float | None = field(default=None, metadata={"help": "With --muon_learning_rate: the peak learning rate of the token embedding table (tied to the output layer, the output layer too: one matrix), on AdamW, same schedule. Default: --learning_rate; not on the dial: 10 x won at depth 2 and lost at depth 4 (docs/recipe.md)."})
     push_to_modelscope: str | None = field(default=None, metadata={"help": "After saving, upload final/ (with its model card) to this ModelScope model ORG/NAME."})
     max_train_minutes: float | None = field(default=None, metadata={"help": "Wall-clock budget of training time in minutes (evaluation, saving and data preparation not counted): training ends inside it with the learning rate decayed (warmup-stable-decay); max_steps stays an upper bound."})
     budget_decay_ratio: float = field(default=0.2, metadata={"help": "With max_train_minutes: the share of the budget (by time) over which the learning rate decays (1-sqrt), at the end."})
@@ -141,6 +142,7 @@ OPTION_RANGES = {
     "tokenizer_train_max_chars": ONE, "depth": Range(0, 64, why="0: no dial, the shape of --model_config as it is"),
     # run
     "max_new_tokens": ONE, "peak_tflops": ABOVE_ZERO, "muon_learning_rate": ABOVE_ZERO, "max_train_minutes": ABOVE_ZERO,
+    "embedding_learning_rate": ABOVE_ZERO,
     "budget_decay_ratio": Range(0, 1, low_open=True), "budget_min_lr_ratio": FRACTION,
     # training (TrainingArguments)
     "per_device_train_batch_size": ONE, "per_device_eval_batch_size": ONE, "gradient_accumulation_steps": ONE,
@@ -345,6 +347,10 @@ def parse_args(argv: list[str] | None = None):
 
         dial = scale.apply(namespace, lambda key: key in defaults or given(key))
     check_versions(namespace)
+    if namespace.embedding_learning_rate is not None and namespace.muon_learning_rate is None:
+        raise UserError(f"{named('embedding_learning_rate')} works beside Muon (--muon_learning_rate), whose optimizer this "
+                        "project builds with a group for the embedding; without Muon the Trainer's optimizer has one rate "
+                        "for every parameter. Give --muon_learning_rate too, or leave --embedding_learning_rate unset.")
     if note:
         print(note, flush=True)
     if dial and os.environ.get("RANK", "0") == "0":

@@ -249,10 +249,10 @@ class PlainLoop:
         self.device, self.timed, self.phases = args.device, timed, phases
         self.model = shape.new_model(args.seed).to(self.device)
         self.model.train()
-        # The preset's recipe on both sides: Muon + AdamW where it sets muon_learning_rate (the dial does), and the
+        # The preset's recipe on both sides: Muon + AdamW (and the embedding's own rate) where the dial sets them, and the
         # collator of its attention kernel (document attention's masks and positions).
-        self.optimizer = (optim.create_optimizer(self.model, args, run_args.muon_learning_rate) if run_args.muon_learning_rate
-                          else plain_optimizer(self.model, args))
+        self.optimizer = (optim.create_optimizer(self.model, args, run_args.muon_learning_rate, run_args.embedding_learning_rate)
+                          if run_args.muon_learning_rate else plain_optimizer(self.model, args))
         collate = attention.collator(shape.tok.eos_token_id, data_args.document_attention,
                                      self.model.config._attn_implementation)
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_warmup_steps=args.get_warmup_steps(total),

@@ -33,7 +33,19 @@ VARIANTS = {
     "beta2_0999": {"adam_beta2": 0.999},              # the Trainer's default β2
     "muon_lr_x2": {"muon_learning_rate": 6e-3},       # Muon's peak at twice AdamW's 3e-3 (its updates' RMS is 0.2 x lr)
     "muon_lr_x4": {"muon_learning_rate": 1.2e-2},     # and at four times
+    # Added one at a time (2026-12-02, run with --extra "--adam_beta2 0.999", the dial's beta2 beside Muon):
+    "untied": {"tie": False},                         # a separate output layer (the FLOPs are the same: a lookup is free)
+    "tied_emb_x3": {"embedding_lr_factor": 3},        # the tied embedding table at 3 x the learning rate
+    "tied_emb_x10": {"embedding_lr_factor": 10},      # ... at 10 x (the dial's EMBEDDING_LR_FACTOR)
+    "tied_emb_x30": {"embedding_lr_factor": 30},      # ... at 30 x
+    "untied_emb_x3": {"tie": False, "embedding_lr_factor": 3},    # the input table alone at 3 x
+    "untied_emb_x10": {"tie": False, "embedding_lr_factor": 10},  # ... at 10 x
+    "wsd_decay02": {"decay_share": 0.2},              # warmup-stable-decay, (1-sqrt) over the last 20% (the dial's)
+    "wsd_decay05": {"decay_share": 0.5},              # ... over the last half
+    "tied_emb_x3_wsd_decay05": {"embedding_lr_factor": 3, "decay_share": 0.5},
+    "tied_emb_x10_wsd_decay02": {"embedding_lr_factor": 10, "decay_share": 0.2},
 }
+RECIPE_KEYS = {"tie", "embedding_lr_factor", "decay_share"}  # not options: run() turns them into options
 
 
 def shape(depth: int) -> dict:
@@ -56,7 +68,12 @@ def run(depth: int, variant: str, opts) -> dict:
                 muon_learning_rate=base["learning_rate"], document_attention=True, adam_beta2=0.95, weight_decay=0.1,
                 lr_scheduler_type="linear")
     base.pop("global_batch_tokens", None)
+    recipe = {k: v for k, v in VARIANTS[variant].items() if k in RECIPE_KEYS}
+    if "embedding_lr_factor" in recipe:
+        base["embedding_learning_rate"] = recipe["embedding_lr_factor"] * base["learning_rate"]
     for k, v in VARIANTS[variant].items():
+        if k in RECIPE_KEYS:
+            continue
         if v is None:
             base.pop(k, None)
         else:
@@ -65,11 +82,14 @@ def run(depth: int, variant: str, opts) -> dict:
     out_dir = Path(opts.runs) / name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     preset = Path(opts.runs) / f"{name}.yaml"
-    preset.write_text(yaml.safe_dump(base, allow_unicode=True), encoding="utf-8")
     body, total = params(depth)
     tokens_per_step = base["per_device_train_batch_size"] * base["block_size"]
     steps = round(opts.tokens_per_param * total / tokens_per_step)
-    overrides = ",".join(f"{k}={v}" for k, v in shape(depth).items())
+    if "decay_share" in recipe:
+        base.update(lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={
+            "num_decay_steps": round(recipe["decay_share"] * steps), "decay_type": "1-sqrt"})
+    preset.write_text(yaml.safe_dump(base, allow_unicode=True), encoding="utf-8")
+    overrides = ",".join(f"{k}={v}" for k, v in shape(depth).items()) + ("" if recipe.get("tie", True) else ",tie_word_embeddings=False")
     cmd = [sys.executable, "pretrain.py", str(preset), "--train_file", opts.train_file, "--validation_file", opts.validation_file,
            "--output_dir", str(out_dir), "--max_steps", str(steps), "--save_strategy", "no", "--swanlab_mode", "disabled",
            "--disable_tqdm", "true", "--config_overrides", overrides, "--max_eval_samples", str(opts.max_eval_samples),

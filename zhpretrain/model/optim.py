@@ -124,10 +124,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
 
 
-def create_optimizer(model: nn.Module, training_args, muon_learning_rate: float) -> MuonWithAdamW:
+def create_optimizer(model: nn.Module, training_args, muon_learning_rate: float,
+                     embedding_learning_rate: float | None = None) -> MuonWithAdamW:
     """Muon (lr muon_learning_rate, --weight_decay) for the hidden matrices; for the rest the optimizer --optim names
     (AdamW by default, with --learning_rate, --adam_beta1/2, --adam_epsilon), with the Trainer's own weight decay rule
-    (none for biases and norms)."""
+    (none for biases and norms); the token embedding table (tied: the output layer too) at embedding_learning_rate
+    when given."""
     from transformers import Trainer
     from transformers.trainer_optimizer import is_optimizer_factory
 
@@ -142,8 +144,11 @@ def create_optimizer(model: nn.Module, training_args, muon_learning_rate: float)
         raise UserError(f"--muon_learning_rate needs a plain --optim for the other parameters (such as adamw_torch), "
                         f"not {training_args.optim}.")
     decay = set(Trainer.get_decay_parameter_names(None, model))  # the Trainer's rule: no decay for biases and norms
-    groups = [{"params": [p for n, p in rest if n in decay], "weight_decay": training_args.weight_decay},
-              {"params": [p for n, p in rest if n not in decay], "weight_decay": 0.0}]
+    table = {id(p) for p in model.get_input_embeddings().parameters()} if embedding_learning_rate else set()
+    groups = [{"params": [p for n, p in rest if n in decay and id(p) not in table], "weight_decay": training_args.weight_decay},
+              {"params": [p for n, p in rest if n not in decay and id(p) not in table], "weight_decay": 0.0},
+              {"params": [p for n, p in rest if id(p) in table], "lr": embedding_learning_rate,
+               "weight_decay": training_args.weight_decay}]
     adamw = cls([g for g in groups if g["params"]], **kwargs)
     muon = Muon([p for _, p in hidden], lr=muon_learning_rate, weight_decay=training_args.weight_decay,
                             adjust_lr_fn=MUON_ADJUST_LR)

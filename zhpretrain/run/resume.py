@@ -21,7 +21,7 @@ CHANGES_ALLOWED = ("data", "training")
 # The training-recipe options a resumed run must keep, with their defaults: set away from them they join the identity
 # (defaults are left out, so the identity of a run that uses none is what it was before they existed). The tokenizer
 # sample needs no entry: a resume keeps the checkpoint's own tokenizer, which is part of the identity.
-RECIPE_DEFAULTS = {"muon_learning_rate": None, "document_attention": False}
+RECIPE_DEFAULTS = {"muon_learning_rate": None, "embedding_learning_rate": None, "document_attention": False}
 BUDGET_SETTINGS = ("max_train_minutes", "budget_decay_ratio", "budget_min_lr_ratio")
 TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
                  "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "max_grad_norm", "max_steps", "seed")
@@ -79,7 +79,8 @@ def identity(source: dict, training_args, config, data_args, run_args) -> dict:
 
 def recipe_identity(data_args, run_args) -> dict:
     """The recipe options set away from their defaults (RECIPE_DEFAULTS), for the "training" part of the identity."""
-    values = {"muon_learning_rate": run_args.muon_learning_rate, "document_attention": data_args.document_attention}
+    values = {"muon_learning_rate": run_args.muon_learning_rate, "embedding_learning_rate": run_args.embedding_learning_rate,
+              "document_attention": data_args.document_attention}
     return {k: v for k, v in values.items() if v != RECIPE_DEFAULTS[k]}
 
 

@@ -21,10 +21,11 @@ class PretrainTrainer(Trainer):
     """A Trainer whose logs also carry perplexity, bits per byte and tokens per second."""
 
     def __init__(self, *args, bytes_per_token: float, tokens_per_step: int, flops_per_token: float = 0.0,
-                 peak_flops: float | None = None, muon_learning_rate: float | None = None, side_files=(),
+                 peak_flops: float | None = None, muon_learning_rate: float | None = None,
+                 embedding_learning_rate: float | None = None, side_files=(),
                  eval_subset: tuple | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.muon_learning_rate = muon_learning_rate
+        self.muon_learning_rate, self.embedding_learning_rate = muon_learning_rate, embedding_learning_rate
         self.bytes_per_token, self.tokens_per_step = bytes_per_token, tokens_per_step  # bytes per token: the eval split's
         # (dataset, its bytes per token): the first eval_subset_samples blocks of eval_dataset, evaluated during training
         # (evaluate); None: the whole split every time.
@@ -48,7 +49,8 @@ class PretrainTrainer(Trainer):
 
     def create_optimizer(self, model=None):  # Muon for the hidden matrices, when asked (optim.py)
         if self.muon_learning_rate is not None and self.optimizer is None:
-            self.optimizer = optim.create_optimizer(self.model if model is None else model, self.args, self.muon_learning_rate)
+            self.optimizer = optim.create_optimizer(self.model if model is None else model, self.args, self.muon_learning_rate,
+                                                    self.embedding_learning_rate)
         return super().create_optimizer(model)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -221,6 +223,7 @@ def build(model, tok, datasets: dict, shape: dict, resume, stop, tracker, params
         flops_per_token=flops,
         peak_flops=peak,
         muon_learning_rate=run_args.muon_learning_rate,
+        embedding_learning_rate=run_args.embedding_learning_rate,
         side_files=side_files,
         eval_subset=(subset, blocks.label_bytes_per_token(subset, tok)) if subset is not None else None,
     )
