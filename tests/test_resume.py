@@ -58,7 +58,7 @@ def test_a_learning_rate_and_beta_changed_on_resume_are_the_ones_used(run_copy):
     assert "learning_rate: 0.002 -> 0.001" in proc.stdout
     lrs = logged(tmp / "out" / "checkpoint-6", "learning_rate")
     assert lrs[4] == pytest.approx(2e-3) and lrs[5] == pytest.approx(1e-3) and lrs[6] == pytest.approx(1e-3), lrs
-    groups = torch.load(tmp / "out" / "checkpoint-6" / "optimizer.pt", weights_only=True)["param_groups"]
+    groups = torch.load(tmp / "out" / "checkpoint-6" / "optimizer.pt", weights_only=True)["adamw"]["param_groups"]  # beside Muon
     assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.9)}  # adam_beta1 0.9 (default), adam_beta2 the new 0.9
 
 
