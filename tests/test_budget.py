@@ -78,6 +78,27 @@ def test_warmup_stable_decay_values():
     assert lr_factor(0, 0, 0, 4, 0.0) == 1.0  # no warmup
 
 
+def test_the_decay_is_sized_by_the_launchs_mean_step_not_the_last_few(capsys):
+    # A 100 s budget decaying over its last 20%. Step 1 takes 5 s (start-up), steps 2-91 0.8 s each (77 s by step 91),
+    # then 0.4 s: 80 s are passed at step 99 (80.2 s). The 19.8 s left at the mean of steps 2-99, (80.2 - 5) / 98 =
+    # 0.767 s a step, are floor(25.8) = 25 steps; the last window's 0.4 s a step would say 49.
+    import types
+
+    b = budget.TimeBudget(types.SimpleNamespace(max_train_minutes=100 / 60, budget_decay_ratio=0.2, budget_min_lr_ratio=0.0))
+    now = [0.0]
+    b.clock, b.scheduler, b.warmup_steps = types.SimpleNamespace(training_seconds=lambda: now[0]), object(), 0
+    state = types.SimpleNamespace(global_step=0, max_steps=10**6, logging_steps=1, is_world_process_zero=True)
+    args = types.SimpleNamespace(device="cpu", lr_scheduler_type="linear", learning_rate=1e-3)
+    control = types.SimpleNamespace(should_training_stop=False, should_log=False)
+    b.on_train_begin(args, state, control)
+    for step in range(1, 100):
+        now[0] += 5.0 if step == 1 else 0.8 if step <= 91 else 0.4
+        state.global_step = step
+        b.on_step_end(args, state, control)
+    assert b.decay_start == 99 and b.decay_steps == 25 and state.max_steps == 124
+    assert "decays from step 99" in capsys.readouterr().out
+
+
 def test_budget_options_are_checked_when_parsing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for option, value, message in [("--max_train_minutes", "0", "max_train_minutes must be above 0"),

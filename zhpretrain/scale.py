@@ -78,7 +78,7 @@ def derive(depth: int, max_steps: int | None = None, batch: int | None = None) -
         # learning rate won 0.135 bits/byte at depth 2 and lost 0.077 in the depth-4 speedrun: it does not transfer).
         "document_attention": True, "weight_decay": 0.1,
         # AdamW's beta2 for what AdamW trains beside Muon (embeddings, norms, biases): the Trainer's 0.999, which beat 0.95
-        # by 0.024 / 0.030 bits/byte at depth 2 / 3 (tests/benchmarks/transfer.py, 2026-12-02); AdamW for everything
+        # by 0.024 / 0.030 / 0.028 bits/byte at depth 2 / 3 / 4 (tests/benchmarks/transfer.py, 2026-12-02); AdamW for everything
         # wants 0.95 (the 2-minute ablation at depth 4: 0.999 lost 0.089), so apply() sets that where Muon cannot run.
         "adam_beta2": 0.999,
     }
