@@ -42,6 +42,20 @@ if fault == "slow_save":
             f.write(json.dumps(record))
         return result
     Trainer._save_checkpoint, checkpoint.write_manifest, PretrainTrainer.train = slow_save, slow_digest, train_and_record
+if fault == "clock_ahead":  # rank 1's training clock reads 3 s ahead (as after a slow first step); each rank records its budget
+    from zhpretrain.train.clock import Clock
+    from zhpretrain.train.trainer import PretrainTrainer
+    seconds, train = Clock.training_seconds, PretrainTrainer.train
+    if rank == 1:
+        Clock.training_seconds = lambda self: seconds(self) + 3.0
+    def train_and_record(self, *a, **k):
+        result = train(self, *a, **k)
+        b = self.budget
+        record = {{"decay_start": b.decay_start, "decay_steps": b.decay_steps, "training": b.used(), "step": self.state.global_step}}
+        with open(os.path.join(self.args.output_dir, f"budget-rank{{rank}}.json"), "w") as f:
+            f.write(json.dumps(record))
+        return result
+    PretrainTrainer.train = train_and_record
 sys.argv = [{pretrain!r}, *sys.argv[1:]]
 runpy.run_path({pretrain!r}, run_name="__main__")
 """
@@ -109,3 +123,22 @@ def test_rank_0s_slow_saves_are_not_training_time_on_any_rank(tmp_path):
     assert clocks[0]["saving"] >= 6 and clocks[1]["saving"] >= 5, clocks  # rank 1 waited for rank 0 inside its pause
     assert clocks[1]["saving"] < 12, clocks  # but not for rank 0's digests
     assert abs(clocks[1]["training"] - clocks[0]["training"]) < 2.5, clocks
+
+
+def test_a_time_budget_on_two_processes_agrees_on_one_decay_and_ends_inside_it(tmp_path):
+    # Rank 1's clock reads 3 s ahead of rank 0's. The budget takes the larger clock at each check (one all-reduce), so
+    # both ranks fix the same decay, sized from the agreed clock's mean step, and train the same steps; deciding each on
+    # its own clock, rank 1 would start its decay ~3 s of steps earlier and the two would hang or crash at the end.
+    budget = 0.25 * 60
+    proc = faulty(tmp_path, "clock_ahead", *TINY, "--per_device_train_batch_size", 4, "--max_train_minutes", 0.25,
+                  "--max_steps", 100000, "--warmup_steps", 2, "--save_steps", 100000, "--max_eval_samples", 8,
+                  "--max_new_tokens", 2, "--output_dir", tmp_path / "out", "--cache_dir", tmp_path / "cache", timeout=400)
+    assert proc.returncode == 0, failure(proc.stdout)
+    ranks = [json.loads((tmp_path / "out" / f"budget-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["decay_start"] is not None and ranks[0]["decay_steps"] > 1, ranks
+    for key in ("decay_start", "decay_steps", "step"):
+        assert ranks[0][key] == ranks[1][key], (key, ranks)
+    assert ranks[0]["step"] == ranks[0]["decay_start"] + ranks[0]["decay_steps"], ranks
+    per_step = ranks[1]["training"] / ranks[1]["step"]
+    assert budget * 0.8 < ranks[1]["training"] <= budget + per_step + 0.5, ranks  # by the larger clock; test_budget.py's slack
+    assert ranks[0]["training"] < budget - 2.0, ranks  # rank 0 followed rank 1's clock, ~3 s short of its own
