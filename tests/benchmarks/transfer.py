@@ -36,7 +36,7 @@ VARIANTS = {
     # Added one at a time (2026-12-02, run with --extra "--adam_beta2 0.999", the dial's beta2 beside Muon):
     "untied": {"tie": False},                         # a separate output layer (the FLOPs are the same: a lookup is free)
     "tied_emb_x3": {"embedding_lr_factor": 3},        # the tied embedding table at 3 x the learning rate
-    "tied_emb_x10": {"embedding_lr_factor": 10},      # ... at 10 x (the dial's EMBEDDING_LR_FACTOR)
+    "tied_emb_x10": {"embedding_lr_factor": 10},      # ... at 10 x (won at d2, lost in the d4 speedrun)
     "tied_emb_x30": {"embedding_lr_factor": 30},      # ... at 30 x
     "untied_emb_x3": {"tie": False, "embedding_lr_factor": 3},    # the input table alone at 3 x
     "untied_emb_x10": {"tie": False, "embedding_lr_factor": 10},  # ... at 10 x
