@@ -87,7 +87,7 @@ def pretrain(data_args, model_args, run_args, training_args, preset, output_dir:
     # Where the run continues from, decided before any tokenizing: a resume that cannot work is refused at once.
     shape = training.global_batch(training_args, block_size, data_args.streaming, run_args.global_batch_tokens)
     config = build.check_shape(model_args, block_size)  # an impossible shape fails here, not hours later
-    start = resume.decide(output_dir, data_args, run_args, training_args, config, shape)
+    start = resume.decide(output_dir, data_args, run_args, training_args, config, shape, model_args)
     # Documents -> train | test -> tokenizer -> token blocks.
     tok, datasets, meta = prepare.prepare(data_args, model_args, start.source, start,
                                           builder=training_args.local_process_index == 0,

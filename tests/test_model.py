@@ -48,6 +48,33 @@ def test_same_seed_same_weights():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.parametrize("shape,overrides", [("qwen2-demo", None), ("llama-small", TINY), ("gpt2-small", "n_embd=64,n_layer=2,n_head=4")])
+def test_zero_init_residual_starts_every_block_as_the_identity(shape, overrides):
+    args = ModelArguments(model_config=str(REPO / "configs" / "models" / f"{shape}.json"), config_overrides=overrides)
+    config = modeling.build_config(args, tok(), 128)
+    plain, zeroed = modeling.build_model(config, 5), modeling.build_model(config, 5, zero_init_residual=True)
+    ids = torch.randint(0, len(tok()), (2, 16))
+    out = zeroed(input_ids=ids, labels=ids, output_hidden_states=True)
+    # Every block adds zero to the residual stream: each layer's output is the embedding it was given (GPT-2 adds its
+    # learned positions first); the last entry of hidden_states is after the final norm.
+    for h in out.hidden_states[1:-1]:
+        assert torch.equal(h, out.hidden_states[0])
+    # Only the output projections changed: every other weight is the seed's, and the model still learns through them.
+    changed = {n for (n, a), b in zip(plain.named_parameters(), zeroed.parameters()) if not torch.equal(a, b)}
+    assert changed and all(n.rsplit(".", 2)[-2] in ("o_proj", "down_proj", "c_proj") for n in changed)
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in zeroed.named_parameters() if n in changed)
+
+
+def test_zero_init_residual_is_part_of_the_run_identity_only_when_set():
+    from zhpretrain.config import DataArguments, RunArguments
+    from zhpretrain.run import resume
+
+    assert resume.recipe_identity(DataArguments(), RunArguments(), ModelArguments()) == {}  # older runs still resume
+    assert resume.recipe_identity(DataArguments(), RunArguments(), ModelArguments(zero_init_residual=True)) == \
+        {"zero_init_residual": True}
+
+
 def test_tutorial_shape_matches_the_original():
     config = modeling.build_config(ModelArguments(model_config=str(REPO / "configs/models/qwen2-tutorial.json")), tok(), 512)
     assert (config.model_type, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,

@@ -75,7 +75,8 @@ def derive(depth: int, max_steps: int | None = None, batch: int | None = None) -
         "lr_scheduler_kwargs": {"num_decay_steps": round(DECAY_SHARE * steps), "decay_type": "1-sqrt", "min_lr_ratio": 0.0},
         "budget_decay_ratio": DECAY_SHARE,
         # The CPU ablations' winners (docs/recipe.md). Not here: a faster embedding (--embedding_learning_rate 10 x the
-        # learning rate won 0.135 bits/byte at depth 2 and lost 0.077 in the depth-4 speedrun: it does not transfer).
+        # learning rate won 0.135 bits/byte at depth 2 and lost 0.077 in the depth-4 speedrun: it does not transfer), nor
+        # --zero_init_residual (0.023 / 0.007 / 0.001 at depth 2 / 3 / 4: it fades with size).
         "document_attention": True, "weight_decay": 0.1,
         # AdamW's beta2 for what AdamW trains beside Muon (embeddings, norms, biases): the Trainer's 0.999, which beat 0.95
         # by 0.024 / 0.030 / 0.028 bits/byte at depth 2 / 3 / 4 (tests/benchmarks/transfer.py, 2026-12-02); AdamW for everything

@@ -44,6 +44,9 @@ VARIANTS = {
     "wsd_decay05": {"decay_share": 0.5},              # ... over the last half
     "tied_emb_x3_wsd_decay05": {"embedding_lr_factor": 3, "decay_share": 0.5},
     "tied_emb_x10_wsd_decay02": {"embedding_lr_factor": 10, "decay_share": 0.2},
+    # 2026-12-02 (later), with --extra "--adam_beta2 0.999":
+    "zero_init": {"zero_init_residual": True},        # the residual output projections start at zero (modded-nanogpt, nanochat)
+    "no_weight_decay": {"weight_decay": 0.0},         # Muon's and AdamW's decoupled weight decay off (the recipe's 0.1)
 }
 RECIPE_KEYS = {"tie", "embedding_lr_factor", "decay_share"}  # not options: run() turns them into options
 

@@ -21,7 +21,8 @@ CHANGES_ALLOWED = ("data", "training")
 # The training-recipe options a resumed run must keep, with their defaults: set away from them they join the identity
 # (defaults are left out, so the identity of a run that uses none is what it was before they existed). The tokenizer
 # sample needs no entry: a resume keeps the checkpoint's own tokenizer, which is part of the identity.
-RECIPE_DEFAULTS = {"muon_learning_rate": None, "embedding_learning_rate": None, "document_attention": False}
+RECIPE_DEFAULTS = {"muon_learning_rate": None, "embedding_learning_rate": None, "document_attention": False,
+                   "zero_init_residual": False}
 BUDGET_SETTINGS = ("max_train_minutes", "budget_decay_ratio", "budget_min_lr_ratio")
 TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
                  "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "max_grad_norm", "max_steps", "seed")
@@ -66,39 +67,40 @@ class Resume:
         from_rank0(check_and_write)
 
 
-def identity(source: dict, training_args, config, data_args, run_args) -> dict:
+def identity(source: dict, training_args, config, data_args, run_args, model_args=None) -> dict:
     """What makes this run this run: a resume with other values would mix two runs (see check_identity)."""
     training = {k: getattr(training_args, k) for k in TRAINING_KEYS if hasattr(training_args, k)}
     if training_args.max_steps <= 0:
         training["num_train_epochs"] = training_args.num_train_epochs
-    training.update(recipe_identity(data_args, run_args))
+    training.update(recipe_identity(data_args, run_args, model_args))
     model = {k: v for k, v in config.to_dict().items() if k not in MODEL_KEYS_SKIPPED}
     # As it reads back from zhpretrain_run.json (JSON has no integer keys or tuples), so equal settings compare equal.
     return json.loads(json.dumps({"data": source, "training": training, "model": model}, default=str))
 
 
-def recipe_identity(data_args, run_args) -> dict:
+def recipe_identity(data_args, run_args, model_args=None) -> dict:
     """The recipe options set away from their defaults (RECIPE_DEFAULTS), for the "training" part of the identity."""
     values = {"muon_learning_rate": run_args.muon_learning_rate, "embedding_learning_rate": run_args.embedding_learning_rate,
-              "document_attention": data_args.document_attention}
+              "document_attention": data_args.document_attention,
+              "zero_init_residual": getattr(model_args, "zero_init_residual", False)}
     return {k: v for k, v in values.items() if v != RECIPE_DEFAULTS[k]}
 
 
-def decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict) -> Resume:
+def decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args=None) -> Resume:
     """The newest checkpoint that really loads, checked against the run that wrote it (see the module's text).
 
     Decided once, by rank 0, and handed to every rank: on the shared filesystem a multi-node run needs, another rank could
     list the folder differently (attribute caching, a scan racing rank 0's move of a damaged checkpoint) and resume at
     another step. Rank 0 also computes the data's key (it reads every file's digest once, not once per rank)."""
-    return from_rank0(lambda: _decide(output_dir, data_args, run_args, training_args, config, shape))
+    return from_rank0(lambda: _decide(output_dir, data_args, run_args, training_args, config, shape, model_args))
 
 
-def _decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict) -> Resume:
+def _decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args=None) -> Resume:
     from ..data import prepare  # the data's key: what the data is (files and their digests) and how it is split
 
     found = chosen(output_dir, training_args.resume_from_checkpoint) or checkpoint.last_checkpoint(output_dir, move_aside=True)
     source = prepare.source(data_args)
-    run_identity = identity(source, training_args, config, data_args, run_args)
+    run_identity = identity(source, training_args, config, data_args, run_args, model_args)
     if not found:
         return Resume(None, run_identity, source)
     old = read_identity(output_dir) or {}
