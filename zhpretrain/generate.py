@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, cli
-from .model.sampling import Streamer, continue_prompt, fit
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -106,6 +105,8 @@ def check_options(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_options(args)
+    from .model.sampling import Streamer, continue_prompt, fit  # torch and transformers (seconds): after --help and the checks
+
     model, tok = load(args.model_dir, args.tokenizer)
     fit([tok.eos_token_id], getattr(model.config, "max_position_embeddings", None), args.max_new_tokens)  # before any text
     streamer = Streamer(tok, skip_prompt=True, skip_special_tokens=True)
