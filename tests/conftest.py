@@ -41,6 +41,15 @@ def run_pretrain(*args, cwd=REPO, timeout=600, env=None):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def heavy_imports_after_help(module: str, call: str) -> str:
+    """The last line printed by a fresh interpreter that imports zhpretrain.<module> and runs <call> with --help:
+    'loaded: [...]', the ones of torch and transformers (seconds to import) that were loaded by then."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom zhpretrain import {module}\ntry:\n    {call}(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return (out.stdout.splitlines() or [out.stderr[-500:]])[-1]
+
+
 def failure(out: str) -> str:
     """What a failed run printed, for an assertion message: every rank's `error:` paragraph first (a launcher's
     teardown traceback can bury it), then the tail."""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, heavy_imports_after_help
 from zhpretrain import config
 from zhpretrain.report import console
 from zhpretrain.errors import UserError
@@ -71,10 +71,7 @@ def test_format_log_writes_numbers_as_numbers():
 
 def test_short_help_needs_neither_torch_nor_transformers_and_its_trainer_types_are_the_parsers():
     # --help is printed before the seconds-long imports: in a fresh interpreter, neither module is loaded after it.
-    code = ("import sys; sys.path.insert(0, %r)\nfrom zhpretrain import config\ntry:\n    config.parse_args(['--help'])\n"
-            "except SystemExit:\n    pass\nprint('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))" % str(REPO))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert out.splitlines()[-1] == "loaded: []", out[-500:]
+    assert heavy_imports_after_help("config", "config.parse_args") == "loaded: []"
     from transformers import HfArgumentParser
 
     from zhpretrain.usage import TRAINER_KINDS

@@ -126,10 +126,10 @@ def test_plain_collator_matches_the_model_s_own_causal_mask(kernel):
 
 def test_document_attention_enters_the_run_identity_only_when_set():
     from zhpretrain.run import resume
-    from zhpretrain.config import DataArguments, RunArguments
+    from zhpretrain.config import DataArguments, ModelArguments, RunArguments
 
-    assert resume.recipe_identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
-    assert resume.recipe_identity(DataArguments(document_attention=True), RunArguments()) == {"document_attention": True}
+    assert resume.recipe_identity(DataArguments(), RunArguments(), ModelArguments()) == {}  # runs started before the option existed still resume
+    assert resume.recipe_identity(DataArguments(document_attention=True), RunArguments(), ModelArguments()) == {"document_attention": True}
 
 
 def test_flash_gets_one_row_with_the_boundaries_of_rows_and_documents():

@@ -54,8 +54,7 @@ def test_greedy_output_is_the_argmax_continuation_of_eos_plus_prompt(final):
 @pytest.mark.slow
 def test_tokens_are_streamed_as_they_are_generated(final):
     from zhpretrain.generate import load
-    from zhpretrain.model.sampling import continue_prompt
-    from zhpretrain.model.sampling import Streamer
+    from zhpretrain.model.sampling import Streamer, continue_prompt
 
     pieces = []
 

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, ge
 from conftest import REPO
 from zhpretrain.model import optim
 from zhpretrain.run import resume
-from zhpretrain.config import DataArguments, RunArguments
+from zhpretrain.config import DataArguments, ModelArguments, RunArguments
 from zhpretrain.errors import UserError
 
 LR, MUON_LR = 2e-3, 4e-3
@@ -168,8 +168,8 @@ def test_the_trainer_hook_uses_muon_only_when_asked_and_schedules_it(tmp_path):
 
 
 def test_muon_enters_the_run_identity_only_when_set():
-    assert resume.recipe_identity(DataArguments(), RunArguments()) == {}  # runs started before the option existed still resume
-    changed = resume.recipe_identity(DataArguments(), RunArguments(muon_learning_rate=0.02))
+    assert resume.recipe_identity(DataArguments(), RunArguments(), ModelArguments()) == {}  # runs started before the option existed still resume
+    changed = resume.recipe_identity(DataArguments(), RunArguments(muon_learning_rate=0.02), ModelArguments())
     assert changed == {"muon_learning_rate": 0.02}
     assert resume.changes({"training": {"learning_rate": LR}}, {"training": {"learning_rate": LR, **changed}})
 

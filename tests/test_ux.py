@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, heavy_imports_after_help
 from tiny_run import tiny_run
 
 
@@ -128,10 +128,7 @@ def test_generate_help_names_one_default_per_option():
     assert len(options) >= 9 and all(o.count("(default:") <= 1 for o in options), options
     assert "(default: None)" not in proc.stdout
     # and it is printed before torch and transformers load (they took 5 s here before 2026-12-02): neither is imported
-    code = ("import sys; sys.path.insert(0, %r)\nfrom zhpretrain import generate\ntry:\n    generate.main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))" % str(REPO))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert out.splitlines()[-1] == "loaded: []", out[-500:]
+    assert heavy_imports_after_help("generate", "generate.main") == "loaded: []"
 
 
 # --- samples are text ---

@@ -67,7 +67,7 @@ class Resume:
         from_rank0(check_and_write)
 
 
-def identity(source: dict, training_args, config, data_args, run_args, model_args=None) -> dict:
+def identity(source: dict, training_args, config, data_args, run_args, model_args) -> dict:
     """What makes this run this run: a resume with other values would mix two runs (see check_identity)."""
     training = {k: getattr(training_args, k) for k in TRAINING_KEYS if hasattr(training_args, k)}
     if training_args.max_steps <= 0:
@@ -78,15 +78,15 @@ def identity(source: dict, training_args, config, data_args, run_args, model_arg
     return json.loads(json.dumps({"data": source, "training": training, "model": model}, default=str))
 
 
-def recipe_identity(data_args, run_args, model_args=None) -> dict:
+def recipe_identity(data_args, run_args, model_args) -> dict:
     """The recipe options set away from their defaults (RECIPE_DEFAULTS), for the "training" part of the identity."""
     values = {"muon_learning_rate": run_args.muon_learning_rate, "embedding_learning_rate": run_args.embedding_learning_rate,
               "document_attention": data_args.document_attention,
-              "zero_init_residual": getattr(model_args, "zero_init_residual", False)}
+              "zero_init_residual": model_args.zero_init_residual}
     return {k: v for k, v in values.items() if v != RECIPE_DEFAULTS[k]}
 
 
-def decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args=None) -> Resume:
+def decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args) -> Resume:
     """The newest checkpoint that really loads, checked against the run that wrote it (see the module's text).
 
     Decided once, by rank 0, and handed to every rank: on the shared filesystem a multi-node run needs, another rank could
@@ -95,7 +95,7 @@ def decide(output_dir: Path, data_args, run_args, training_args, config, shape: 
     return from_rank0(lambda: _decide(output_dir, data_args, run_args, training_args, config, shape, model_args))
 
 
-def _decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args=None) -> Resume:
+def _decide(output_dir: Path, data_args, run_args, training_args, config, shape: dict, model_args) -> Resume:
     from ..data import prepare  # the data's key: what the data is (files and their digests) and how it is split
 
     found = chosen(output_dir, training_args.resume_from_checkpoint) or checkpoint.last_checkpoint(output_dir, move_aside=True)
