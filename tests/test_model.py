@@ -66,6 +66,17 @@ def test_zero_init_residual_starts_every_block_as_the_identity(shape, overrides)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in zeroed.named_parameters() if n in changed)
 
 
+def test_zero_init_residual_with_init_from_is_refused_in_one_paragraph(tmp_path):
+    from zhpretrain import config
+
+    # it would silently do nothing: a continued model's weights are the source's
+    with pytest.raises(UserError) as e:
+        config.parse_args([str(REPO / "configs/demo.yaml"), "--init_from", str(tmp_path), "--zero_init_residual", "true"])
+    message = " ".join(str(e.value).split())
+    assert f"--zero_init_residual sets how a random model starts, and --init_from starts from the weights of {tmp_path}" in message
+    assert "Leave --zero_init_residual out" in message
+
+
 def test_zero_init_residual_is_part_of_the_run_identity_only_when_set():
     from zhpretrain.config import DataArguments, RunArguments
     from zhpretrain.run import resume

@@ -352,6 +352,10 @@ def parse_args(argv: list[str] | None = None):
         raise UserError(f"{named('embedding_learning_rate')} works beside Muon (--muon_learning_rate), whose optimizer this "
                         "project builds with a group for the embedding; without Muon the Trainer's optimizer has one rate "
                         "for every parameter. Give --muon_learning_rate too, or leave --embedding_learning_rate unset.")
+    if namespace.zero_init_residual and namespace.init_from:
+        raise UserError(f"{named('zero_init_residual')} sets how a random model starts, and --init_from starts from the "
+                        f"weights of {namespace.init_from}, so it would do nothing. Leave --zero_init_residual out to continue "
+                        "that model, or leave --init_from out to train a new one.")
     if note:
         print(note, flush=True)
     if dial and os.environ.get("RANK", "0") == "0":
